@@ -1,0 +1,208 @@
+"""Typed study configuration: the schema Hydra composes into, and the checks no type can express.
+
+The schema is a tree of dataclasses registered with Hydra's ConfigStore, so an unknown key (on the
+command line or in a study file) and a value of the wrong type are rejected while composing.
+`validate` then checks the semantic rules (powers of two, d_state <= d_model, positive budgets,
+known architectures and families) and raises `ConfigError` with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.data import FAMILIES, PHASES
+from bench.data.curriculum import EVAL_SEED
+from bench.models import MIXERS, SHARED_HPARAMS, build_mixer, mixer_names
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user must fix; the CLI prints it as one `error:` line, exit 2."""
+
+
+@dataclass
+class DataConfig:
+    phases: list[int] = field(default_factory=lambda: [1])  # curriculum phases, in training order
+    families: list[str] | None = None  # restrict to these families; null = every family of the phases
+    length: int = 8  # sequence length (the design starts at 8)
+    phase_epochs: int = 10  # epochs trained purely on each phase before moving on
+    transition_epochs: int = 5  # linear blend between consecutive phases, in epochs
+    val_size: int = 100  # fresh validation sequences per validation (the design's 100)
+    test_per_family: int = 100  # fixed test sequences per family, from the evaluation seed
+    eval_seed: int = EVAL_SEED  # seeds the test set; no training stream uses it
+
+
+def mixer_defaults() -> dict[str, dict[str, Any]]:
+    """Each registered mixer's own keyword arguments with their defaults, e.g. {transformer: {n_heads: 2}}.
+
+    Listing them in the schema makes `model.mixer.transformer.n_heads=4` a plain override and a
+    misspelt key an error, and `--cfg` shows every knob; a new mixer's knobs appear automatically.
+    """
+    skip = {"self", "d_model", *SHARED_HPARAMS}
+    return {
+        name: {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+               if p.name not in skip and p.default is not inspect.Parameter.empty}
+        for name, cls in sorted(MIXERS.items())
+    }
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64
+    num_layers: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    ffn_mult: int = 4
+    embedding: str = "learned"  # "learned" or "numeric" (the design's (value/255, position/max) pair)
+    dropout: float = 0.0
+    mixer: dict[str, Any] = field(default_factory=mixer_defaults)  # per-architecture knobs, see mixer_defaults
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # step budget, identical for every architecture of a study
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-6  # cosine floor
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 5000  # the design's full-size warmup ...
+    warmup_max_frac: float = 0.05  # ... capped at this fraction of `steps` for small budgets
+    grad_clip: float = 1.0  # global grad-norm clip
+    alpha: float = 0.1  # distance-weight scale in CE * (1 + alpha * w(|argmax - target|))
+    distance_weight: str = "linear"  # linear | quadratic | sqrt
+    val_every: int = 100  # steps per epoch: validation, early stopping and curriculum all count epochs
+    early_stopping: bool = True  # off: train the whole budget and keep the final weights
+    patience: int = 10  # validations without improvement before stopping
+    min_delta: float = 0.001
+
+
+@dataclass
+class EvalConfig:
+    continuation_prefix: int | None = None  # greedy continuation from this prefix length; null = length // 2
+    batch_size: int = 1024
+
+
+@dataclass
+class Config:
+    name: str = "smoke"  # study name; outputs go to runs/<name> unless out_dir is set
+    archs: list[str] | None = None  # null = every registered architecture
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 1  # torch threads per process: two collapse ~100x when another process holds a core
+    progress: bool = True  # tqdm bar while training
+
+    @property
+    def arch_list(self) -> list[str]:
+        return list(self.archs) if self.archs else mixer_names()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _positive(**values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Turn a composed config into a checked `Config`, or raise `ConfigError` naming the problem."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)
+    assert isinstance(cfg, Config)
+    m, t, d = cfg.model, cfg.train, cfg.data
+
+    unknown = [a for a in cfg.arch_list if a not in mixer_names()]
+    if unknown:
+        raise ConfigError(f"unknown architecture '{unknown[0]}' (registered: {', '.join(mixer_names())})")
+    if not cfg.seeds:
+        raise ConfigError("seeds must list at least one seed")
+    if not _is_pow2(m.d_model):
+        raise ConfigError(f"model.d_model must be a power of two, got {m.d_model}")
+    if not _is_pow2(m.d_state):
+        raise ConfigError(f"model.d_state must be a power of two, got {m.d_state}")
+    if m.d_state > m.d_model:
+        raise ConfigError(f"model.d_state ({m.d_state}) must not exceed model.d_model ({m.d_model})")
+    _positive(**{"model.num_layers": m.num_layers, "model.d_conv": m.d_conv, "model.expand": m.expand,
+                 "model.ffn_mult": m.ffn_mult})
+    if m.embedding not in ("learned", "numeric"):
+        raise ConfigError(f"model.embedding must be 'learned' or 'numeric', got '{m.embedding}'")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for arch in m.mixer:
+        if arch not in mixer_names():
+            raise ConfigError(f"model.mixer.{arch}: unknown architecture '{arch}'")
+
+    _positive(**{"train.steps": t.steps, "train.batch_size": t.batch_size, "train.lr": t.lr,
+                 "train.val_every": t.val_every, "train.grad_clip": t.grad_clip,
+                 "train.patience": t.patience, "data.val_size": d.val_size,
+                 "data.test_per_family": d.test_per_family, "eval.batch_size": cfg.eval.batch_size,
+                 "threads": cfg.threads})
+    if t.distance_weight not in ("linear", "quadratic", "sqrt"):
+        raise ConfigError(f"train.distance_weight must be linear, quadratic or sqrt, got '{t.distance_weight}'")
+    if t.alpha < 0 or t.weight_decay < 0 or t.min_lr < 0 or t.warmup_steps < 0:
+        raise ConfigError("train.alpha, weight_decay, min_lr and warmup_steps must be non-negative")
+    if not 0 <= t.warmup_max_frac <= 1:
+        raise ConfigError(f"train.warmup_max_frac must be in [0, 1], got {t.warmup_max_frac}")
+
+    if d.length < 3:
+        raise ConfigError(f"data.length must be at least 3, got {d.length}")
+    bad_phase = [p for p in d.phases if p not in PHASES]
+    if not d.phases or bad_phase:
+        raise ConfigError(f"data.phases must be a non-empty list drawn from {list(PHASES)}, got {list(d.phases)}")
+    for fam in d.families or []:
+        if fam not in FAMILIES:
+            raise ConfigError(f"unknown family '{fam}' in data.families (known: {', '.join(FAMILIES)})")
+        if FAMILIES[fam].phase not in d.phases:
+            raise ConfigError(f"family '{fam}' belongs to phase {FAMILIES[fam].phase}, not in data.phases")
+    if d.phase_epochs < 0 or d.transition_epochs < 0:
+        raise ConfigError("data.phase_epochs and data.transition_epochs must be non-negative")
+    prefix = cfg.eval.continuation_prefix
+    if prefix is not None and not 1 <= prefix < d.length:
+        raise ConfigError(f"eval.continuation_prefix must be in [1, data.length), got {prefix}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
+
+    for arch in cfg.arch_list:  # build one layer of each mixer: catches heads not dividing d_model, etc.
+        try:
+            build_mixer(arch, m.d_model, **mixer_hparams(cfg, arch))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{arch}: {e}") from None
+    check_writable(cfg.output_dir)
+    return cfg
+
+
+def mixer_hparams(cfg: Config, arch: str) -> dict[str, Any]:
+    """The hyperparameters handed to `build_mixer` for `arch`: shared ones plus its own extras."""
+    m = cfg.model
+    return {"d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand, **dict(m.mixer.get(arch) or {})}
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before any training) if `path` cannot be created or written; creates nothing."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"out_dir '{path}' is not writable: '{probe}' is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir '{path}' is not writable (no permission on '{probe}')")

@@ -1,0 +1,162 @@
+"""Metrics and baselines, usable without the harness.
+
+Every position of a sequence predicts the next value, so a sequence of length L gives L - 1
+predictions; `position` p is the prediction of x[p + 1] from x[0..p]. Three metrics:
+
+* `accuracy`        argmax == target                       (random baseline 1/256 ~ 0.39 %)
+* `distance_error`  |argmax - target|                       (uniform guess vs uniform target: 85.33)
+* `loss`            cross-entropy in nats                   (uniform prediction: ln 256 ~ 5.545)
+
+Baselines are scored by the same code: `baseline_uniform` is the exact expectation of a uniform
+random guess (accuracy 1/256, E|U - target|, ln 256) on the real targets; `baseline_last_value`
+repeats the last value and `baseline_extrapolate` continues the last difference (x_t + (x_t - x_{t-1}),
+clamped to [0, 255]). Point predictors have no distribution, so they get no `loss` row.
+
+Score your own model (any callable LongTensor (B, L) -> logits (B, L, 256)) in five lines::
+
+    from bench.data import make_test_set
+    from bench.metrics import evaluate
+    test = make_test_set(phases=(1, 2), length=8)
+    table = evaluate(my_model, test)            # tidy DataFrame: phase, family, position, metric, value, n
+    print(table.query("family == 'all' and position.isna()"))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bench.data import FAMILY_NAMES
+from bench.data.curriculum import SequenceSet
+
+VOCAB = 256
+METRICS = ("accuracy", "distance_error", "loss")
+RANDOM_BASELINE = {"accuracy": 1 / VOCAB, "distance_error": (VOCAB**2 - 1) / (3 * VOCAB), "loss": math.log(VOCAB)}
+BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
+ALL = "all"  # family value of rows aggregated over families; position is <NA> for rows over all positions
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # LongTensor (B, L) -> logits (B, L, 256)
+
+
+def expected_uniform_distance(targets: torch.Tensor) -> torch.Tensor:
+    """E|U - t| for U uniform on 0..255: (t(t+1) + (255-t)(256-t)) / (2 * 256). Mean 85.33 for uniform t."""
+    t = targets.double()
+    return (t * (t + 1) + (VOCAB - 1 - t) * (VOCAB - t)) / (2 * VOCAB)
+
+
+def baseline_predictions(name: str, inputs: torch.Tensor) -> torch.Tensor:
+    """Point predictions (B, L) of a non-learned baseline for the next value after each input position."""
+    if name == "baseline_last_value":
+        return inputs.clone()
+    if name == "baseline_extrapolate":
+        prev = torch.cat([inputs[:, :1], inputs[:, :-1]], dim=1)  # no difference known at position 0
+        return (2 * inputs - prev).clamp(0, VOCAB - 1)
+    raise ValueError(f"unknown point baseline '{name}'")
+
+
+def _frame(test: SequenceSet, per_element: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """One row per (sequence, position) with the per-element metric values."""
+    n, npos = test.seqs.shape[0], test.seqs.shape[1] - 1
+    frame = {
+        "phase": np.repeat(test.phase.numpy(), npos),
+        "family": np.repeat(np.asarray(FAMILY_NAMES, dtype=object)[test.family.numpy()], npos),
+        "position": np.tile(np.arange(npos), n),
+    }
+    frame.update({k: v.reshape(-1).double().cpu().numpy() for k, v in per_element.items()})
+    return pd.DataFrame(frame)
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-element values -> tidy rows (phase, family, position, metric, value, n).
+
+    Levels: per family per position; per family (position <NA>); per phase over its families
+    (family 'all') per position and overall; all phases together (phase <NA>, family 'all').
+    """
+    metrics = [c for c in frame.columns if c not in ("phase", "family", "position")]
+    parts = []
+    for keys in (["phase", "family", "position"], ["phase", "family"], ["phase", "position"], ["phase"], []):
+        if keys:
+            agg = frame.groupby(keys, sort=True)[metrics].agg(["mean", "size"])
+            tab = pd.concat(
+                {m: agg[m].rename(columns={"mean": "value", "size": "n"}) for m in metrics}, names=["metric"]
+            ).reset_index(level=0).reset_index()
+        else:
+            tab = pd.DataFrame({"metric": metrics, "value": frame[metrics].mean().to_numpy(), "n": len(frame)})
+        for col, default in (("phase", pd.NA), ("family", ALL), ("position", pd.NA)):
+            if col not in tab:
+                tab[col] = default
+        parts.append(tab)
+    out = pd.concat(parts, ignore_index=True)[["phase", "family", "position", "metric", "value", "n"]]
+    out["phase"] = out["phase"].astype("Int64")
+    out["position"] = out["position"].astype("Int64")
+    out["n"] = out["n"].astype("int64")
+    return out
+
+
+@torch.no_grad()
+def model_logits(model: Predictor, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits (B, L, 256) of `model` on `inputs`, in eval mode, batched, on the model's device, as float32 CPU."""
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else inputs.device
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    out = [model(chunk.to(device)).float().cpu() for chunk in inputs.split(batch_size)]
+    if was_training:
+        model.train()
+    return torch.cat(out)
+
+
+def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-element accuracy, distance error and cross-entropy from logits (B, L, 256) and targets (B, L)."""
+    pred = logits.argmax(-1)
+    ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none").view(targets.shape)
+    return {
+        "accuracy": (pred == targets).double(),
+        "distance_error": (pred - targets).abs().double(),
+        "loss": ce.double(),
+    }
+
+
+def evaluate(model: Predictor, test: SequenceSet, batch_size: int = 1024) -> pd.DataFrame:
+    """Score `model` (LongTensor (B, L) -> logits (B, L, 256)) on `test`: tidy rows, see `aggregate`."""
+    logits = model_logits(model, test.seqs[:, :-1], batch_size)
+    return aggregate(_frame(test, score_logits(logits, test.seqs[:, 1:])))
+
+
+def evaluate_baselines(test: SequenceSet) -> pd.DataFrame:
+    """Tidy rows for the three baselines, with an `arch` column naming each."""
+    inputs, targets = test.seqs[:, :-1], test.seqs[:, 1:]
+    tables = []
+    uniform = {
+        "accuracy": torch.full(targets.shape, 1 / VOCAB, dtype=torch.float64),
+        "distance_error": expected_uniform_distance(targets),
+        "loss": torch.full(targets.shape, math.log(VOCAB), dtype=torch.float64),
+    }
+    tables.append(aggregate(_frame(test, uniform)).assign(arch="baseline_uniform"))
+    for name in BASELINES[1:]:
+        pred = baseline_predictions(name, inputs)
+        per = {"accuracy": (pred == targets).double(), "distance_error": (pred - targets).abs().double()}
+        tables.append(aggregate(_frame(test, per)).assign(arch=name))
+    return pd.concat(tables, ignore_index=True)
+
+
+@torch.no_grad()
+def continuation(model: torch.nn.Module, test: SequenceSet, prefix: int, batch_size: int = 1024) -> pd.DataFrame:
+    """Greedy cached generation of the rest of each test sequence from its first `prefix` values.
+
+    Metric `continuation_accuracy`: fraction of generated values equal to the true continuation,
+    by (phase, family) and position (position = index of the generated value - 1, as above).
+    """
+    length = test.seqs.shape[1]
+    device = next(model.parameters()).device
+    gen = torch.cat([model.generate(chunk[:, :prefix].to(device), length - prefix).cpu()
+                     for chunk in test.seqs.split(batch_size)])
+    correct = (gen[:, prefix:] == test.seqs[:, prefix:]).double()
+    full = torch.full((len(test), length - 1), float("nan"), dtype=torch.float64)
+    full[:, prefix - 1:] = correct
+    frame = _frame(test, {"continuation_accuracy": full}).dropna(subset=["continuation_accuracy"])
+    return aggregate(frame)

@@ -1,0 +1,78 @@
+"""Sequence mixers behind one shared backbone, and the registry that builds them.
+
+Adding an architecture = one new file in this package + one line in `MIXERS`; the tests in
+tests/test_models.py are parametrised over `mixer_names()` and apply to it automatically.
+
+Mixer protocol (identical for every mixer; x is (B, L, d), x_t is (B, d)):
+
+* `__init__(d_model, <own hyperparameters>)`. It takes only those of `SHARED_HPARAMS` it uses;
+  invalid values raise ValueError with a one-line message naming the problem.
+* `forward(x) -> y (B, L, d)`: parallel, causal (y_t depends on x_0..x_t only).
+* `forward_with_state(x) -> (y, state)`: as forward, plus the state after position L-1 ("prefill").
+* `init_state(batch_size) -> state`: the empty/zero state, on the parameters' device and dtype.
+* `step(x_t, state) -> (y_t, new_state)`: one position. FUNCTIONAL: never mutates `state`, so a
+  state can be reused (beam search, re-decoding from a shared prefix).
+  Contract: prefill on x[:, :P] then stepping P..L-1 reproduces forward(x), for every 0 <= P < L.
+* `state_size(seq_len) -> int`: floats of recurrent state per sequence per layer after seq_len
+  tokens (Zoology's idea), so architectures can be compared at equal state.
+
+Optimiser hints: a mixer may attach `param._optim = {"weight_decay": 0.0, "lr": 1e-3}` to a
+parameter that needs special treatment (S4-style SSM dynamics); `bench.train.param_groups` replaces
+the default weight decay with `weight_decay` and caps that parameter's learning rate at `lr`.
+Declare the hint where the parameter is created. The Transformer and LSTM need none.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from bench.models.backbone import VOCAB, ModelConfig, ModelState, SequenceModel
+from bench.models.lstm import LSTMMixer
+from bench.models.transformer import Transformer
+
+MIXERS: dict[str, type[nn.Module]] = {
+    "lstm": LSTMMixer,
+    "transformer": Transformer,
+}
+
+# Searched for every architecture; each mixer takes only the ones its __init__ names.
+SHARED_HPARAMS = ("d_state", "d_conv", "expand")
+
+__all__ = ["MIXERS", "SHARED_HPARAMS", "VOCAB", "ModelConfig", "ModelState", "SequenceModel",
+           "build_mixer", "build_model", "mixer_names"]
+
+
+def mixer_names() -> list[str]:
+    return sorted(MIXERS)
+
+
+def build_mixer(name: str, d_model: int, **hparams: Any) -> nn.Module:
+    """Instantiate mixer `name`. Shared hyperparameters it does not use are dropped and recorded as
+    `mixer.unused_hparams` (sorted); any other keyword it does not take is an error, never ignored."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown architecture '{name}' (registered: {', '.join(mixer_names())})")
+    cls = MIXERS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "d_model")]
+    unknown = sorted(k for k in hparams if k not in accepted and k not in SHARED_HPARAMS)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter '{unknown[0]}' for architecture '{name}' "
+                         f"(accepted: {', '.join(accepted) or 'none'})")
+    mixer = cls(d_model, **{k: v for k, v in hparams.items() if k in accepted})
+    mixer.unused_hparams = sorted(k for k in hparams if k not in accepted)
+    return mixer
+
+
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SequenceModel:
+    """The backbone around `cfg.num_layers` fresh mixers of `cfg.arch`.
+
+    `cfg` is a ModelConfig, or a dict / OmegaConf DictConfig with the same keys. The arch-specific
+    extras in `cfg.mixer` are passed next to the shared hyperparameters (and may override them).
+    """
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.from_mapping(cfg)
+    hparams = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, **cfg.mixer}
+    return SequenceModel(cfg, lambda: build_mixer(cfg.arch, cfg.d_model, **hparams))

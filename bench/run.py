@@ -1,0 +1,265 @@
+"""`python -m bench.run study=<name> [key=value ...]`: train every architecture of a study and score it.
+
+Flow: compose + validate the config (Hydra override grammar, typed schema) -> fixed test set and
+baselines -> for each seed, for each architecture: the same training stream, train, evaluate ->
+write `results.parquet` (tidy), `history.parquet`, `runs.parquet`, `config.yaml` and the trained
+weights into `runs/<study>/` in one atomic step -> print a summary.
+
+Bad input exits with code 2 and one `error: ...` line on stderr, before anything is written.
+Flags: `--cfg` prints the resolved config and exits; `--help` lists the studies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bench.config import Config, ConfigError, mixer_hparams, validate
+from bench.data.curriculum import Curriculum, TrainStream, make_test_set, validation_set
+from bench.metrics import ALL, METRICS, continuation, evaluate, evaluate_baselines, score_logits
+from bench.models import build_model
+from bench.models.backbone import ModelConfig as BackboneConfig
+from bench.seeding import derive_seed
+from bench.train import TrainingDiverged, distance_weighted_ce, train
+
+STUDIES_DIR = Path(os.environ.get("ARCHBENCH_STUDIES", Path(__file__).resolve().parents[1] / "studies"))
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+def _register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        cs.store(group="study", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def _first_line(e: BaseException) -> str:
+    msgs = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
+    return " / ".join(dict.fromkeys(msgs)) or type(e).__name__
+
+
+def compose_config(overrides: list[str]) -> Config:
+    """Compose studies/<study>.yaml over the schema with `overrides`; raise ConfigError on any problem."""
+    study = next((o.split("=", 1)[1] for o in overrides if o.startswith("study=")), "smoke")
+    if study not in study_names():
+        raise ConfigError(f"unknown study '{study}' (available: {', '.join(study_names())})")
+    if not any(o.split("=", 1)[0].lstrip("+") == "name" for o in overrides):
+        overrides = [*overrides, f"name={study}"]
+    _register_configs()
+    try:
+        with initialize_config_module(config_module="bench.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"malformed override: {_first_line(e)}") from None
+    except MissingConfigException as e:
+        raise ConfigError(_first_line(e)) from None
+    except (ConfigCompositionException, OmegaConfBaseException) as e:
+        raise ConfigError(f"bad override: {_first_line(e)}") from None
+    try:
+        return validate(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad value: {_first_line(e)}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def backbone_config(cfg: Config, arch: str) -> BackboneConfig:
+    m = cfg.model
+    extras = {k: v for k, v in mixer_hparams(cfg, arch).items() if k not in ("d_state", "d_conv", "expand")}
+    return BackboneConfig(
+        arch=arch, d_model=m.d_model, num_layers=m.num_layers, d_state=m.d_state, d_conv=m.d_conv,
+        expand=m.expand, ffn_mult=m.ffn_mult, embedding=m.embedding, max_len=cfg.data.length,
+        dropout=m.dropout, mixer=extras,
+    )
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
+    """Train and evaluate every (seed, architecture) of `cfg`; write the outputs; return the tables."""
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    d, t = cfg.data, cfg.train
+    curriculum = Curriculum(
+        phases=tuple(d.phases), families=tuple(d.families) if d.families else None,
+        phase_epochs=d.phase_epochs, transition_epochs=d.transition_epochs,
+    )
+    test = make_test_set(tuple(d.phases), d.length, d.test_per_family, d.eval_seed,
+                         families=tuple(d.families) if d.families else None)
+    prefix = cfg.eval.continuation_prefix or d.length // 2
+    baselines = evaluate_baselines(test)
+    results, history, runs, weights = [], [], [], {}
+    val_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    for seed in cfg.seeds:
+        results.append(baselines.assign(seed=seed))
+        stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
+
+        def validate_fn(model: torch.nn.Module, index: int, seed: int = seed) -> dict[str, float]:
+            if (seed, index) not in val_cache:  # identical for every architecture of this seed
+                fresh = validation_set(curriculum, d.length, seed, index, float(index), d.val_size)
+                val_cache[(seed, index)] = fresh.seqs
+            seqs = val_cache[(seed, index)].to(device)
+            logits = model(seqs[:, :-1])
+            scores = {k: v.mean().item() for k, v in score_logits(logits, seqs[:, 1:]).items()}
+            return {"val_loss": distance_weighted_ce(logits, seqs[:, 1:], t.alpha, t.distance_weight).item(),
+                    "val_ce": scores["loss"], "val_accuracy": scores["accuracy"],
+                    "val_distance_error": scores["distance_error"]}
+
+        for arch in cfg.arch_list:
+            torch.manual_seed(derive_seed("init", seed))
+            model = build_model(backbone_config(cfg, arch)).to(device)
+            run = {"arch": arch, "seed": seed, "num_params": model.num_params(), "device": str(device),
+                   "unused_hparams": ",".join(model.unused_hparams), "status": "ok", "reason": ""}
+            try:
+                res = train(model, t, stream, validate_fn, curriculum.final_epoch(), device, cfg.progress,
+                            desc=f"{arch} seed={seed}")
+            except (TrainingDiverged, torch.cuda.OutOfMemoryError, MemoryError) as e:
+                runs.append({**run, "status": "failed", "reason": _first_line(e)})
+                print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
+                continue
+            run.update(steps=res.steps, tokens=res.tokens, best_val_loss=res.best_val, best_step=res.best_step,
+                       stopped_early=res.stopped_early, wall_s=res.wall_s)
+            runs.append(run)
+            history.append(pd.DataFrame(res.history).assign(arch=arch, seed=seed))
+            scored = pd.concat([evaluate(model, test, cfg.eval.batch_size),
+                                continuation(model, test, prefix, cfg.eval.batch_size)], ignore_index=True)
+            results.append(scored.assign(arch=arch, seed=seed))
+            weights[f"{arch}-seed{seed}.pt"] = {k: v.cpu() for k, v in model.state_dict().items()}
+
+    tables = {
+        "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
+        "history": _long_history(history, cfg.name),
+        "runs": pd.DataFrame(runs).assign(study=cfg.name),
+    }
+    meta = {
+        "command": command,
+        "commit": _git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, {device}",
+    }
+    write_outputs(cfg, tables, weights, meta)
+    return tables
+
+
+def _tidy(df: pd.DataFrame, study: str) -> pd.DataFrame:
+    cols = ["study", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
+    return df.assign(study=study)[cols].reset_index(drop=True)
+
+
+def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
+    """Per-validation metric history, long format: study, arch, seed, step, tokens, epoch, metric, value."""
+    if not frames:
+        return pd.DataFrame(columns=["study", "arch", "seed", "step", "tokens", "epoch", "metric", "value"])
+    wide = pd.concat(frames, ignore_index=True)
+    ids = ["arch", "seed", "step", "tokens", "epoch"]
+    long = wide.melt(id_vars=ids, var_name="metric", value_name="value").assign(study=study)
+    return long[["study", *ids, "metric", "value"]]
+
+
+def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], weights: dict, meta: dict) -> None:
+    """Write everything into a temporary sibling directory, then move it into place: no half-written output."""
+    out = cfg.output_dir
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, table in tables.items():
+            table.to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (tmp / "meta.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
+        (tmp / "models").mkdir()
+        for fname, state in weights.items():
+            torch.save(state, tmp / "models" / fname)
+        if out.exists():
+            for item in tmp.iterdir():
+                target = out / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of the study-level metrics (all phases, all families, all positions), per arch."""
+    top = results[results["phase"].isna() & (results["family"] == ALL) & results["position"].isna()]
+    table = top.pivot_table(index="arch", columns="metric", values="value", aggfunc="mean")
+    cols = [c for c in (*METRICS, "continuation_accuracy") if c in table.columns]
+    return table[cols]
+
+
+USAGE = """usage: python -m bench.run [study=<name>] [key=value ...] [--cfg]
+
+Trains every architecture of a study under identical seeds and budgets and writes
+runs/<study>/results.parquet. Any config key can be overridden, e.g. train.steps=500 archs=[lstm].
+  --cfg    print the resolved configuration and exit
+studies: {studies}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(f in ("-h", "--help") for f in flags):
+        print(USAGE.format(studies=", ".join(study_names())))
+        return 0
+    try:
+        bad = [f for f in flags if f != "--cfg"]
+        if bad:
+            raise ConfigError(f"unknown flag '{bad[0]}' (try --help)")
+        cfg = compose_config(overrides)
+        if "--cfg" in flags:
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            return 0
+        device = resolve_device(cfg.device)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; seeds {list(cfg.seeds)}; "
+          f"{cfg.train.steps} steps x {cfg.train.batch_size} sequences of length {cfg.data.length}; device {device}")
+    command = "python -m bench.run " + " ".join(args)
+    tables = run_study(cfg, command)
+    print(summary(tables["results"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    failed = tables["runs"].query("status != 'ok'")
+    for _, row in failed.iterrows():
+        print(f"failed: {row.arch} seed={row.seed}: {row.reason}", file=sys.stderr)
+    print(f"wrote {cfg.output_dir}/results.parquet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Metrics: exact random baselines, non-learned baselines, aggregation levels, continuation."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from bench.data import FAMILY_NAMES
+from bench.data.curriculum import SequenceSet, make_test_set
+from bench.metrics import (
+    ALL,
+    RANDOM_BASELINE,
+    continuation,
+    evaluate,
+    evaluate_baselines,
+    expected_uniform_distance,
+    score_logits,
+)
+
+
+def labelled(seqs: torch.Tensor, family: str = "constant") -> SequenceSet:
+    n = seqs.shape[0]
+    idx = FAMILY_NAMES.index(family)
+    return SequenceSet(seqs=seqs, family=torch.full((n,), idx), phase=torch.ones(n, dtype=torch.long))
+
+
+def top(table: pd.DataFrame) -> pd.Series:
+    rows = table[table.phase.isna() & (table.family == ALL) & table.position.isna()]
+    return rows.set_index("metric")["value"]
+
+
+def test_random_baseline_constants():
+    assert RANDOM_BASELINE["accuracy"] == 1 / 256
+    assert RANDOM_BASELINE["distance_error"] == pytest.approx(85.33, abs=0.005)
+    assert RANDOM_BASELINE["loss"] == pytest.approx(5.545, abs=0.001)
+
+
+def test_uniform_predictor_reproduces_the_three_baselines_on_uniform_targets():
+    # every value 0..255 equally often as a target
+    targets = torch.arange(256).repeat(4)
+    mean_distance = expected_uniform_distance(targets).mean().item()
+    assert mean_distance == pytest.approx(RANDOM_BASELINE["distance_error"], rel=1e-12)
+    # a predictor with uniform logits has CE ln 256 exactly
+    scores = score_logits(torch.zeros(1, targets.numel(), 256), targets.view(1, -1))
+    assert scores["loss"].mean().item() == pytest.approx(math.log(256), rel=1e-6)
+    # a uniform random guesser converges to 1/256 and 85.33
+    g = torch.Generator().manual_seed(0)
+    big = targets.repeat(400)
+    guesses = torch.randint(0, 256, big.shape, generator=g)
+    assert (guesses == big).double().mean().item() == pytest.approx(1 / 256, rel=0.05)
+    assert (guesses - big).abs().double().mean().item() == pytest.approx(85.33, rel=0.01)
+    # and the baseline rows of the evaluator hold the exact expectations
+    seqs = torch.cat([torch.zeros(1024, 1, dtype=torch.long), targets.view(-1, 1)], dim=1)
+    base = evaluate_baselines(labelled(seqs))
+    uni = top(base[base.arch == "baseline_uniform"])
+    assert uni["accuracy"] == pytest.approx(1 / 256)
+    assert uni["distance_error"] == pytest.approx(85.33, abs=0.005)
+    assert uni["loss"] == pytest.approx(math.log(256))
+
+
+def test_point_baselines_are_exact_on_their_own_families():
+    test = make_test_set(phases=(1,), per_family=50)
+    base = evaluate_baselines(test)
+    last = base[(base.arch == "baseline_last_value") & (base.family == "constant") & base.position.isna()]
+    assert last.set_index("metric").loc["accuracy", "value"] == 1.0
+    ext = base[(base.arch == "baseline_extrapolate") & (base.family == "arithmetic") & (base.position >= 1)]
+    assert (ext[ext.metric == "accuracy"].value == 1.0).all()  # a constant difference is extrapolated exactly
+    assert "loss" not in set(base[base.arch != "baseline_uniform"].metric)
+
+
+class Oracle(nn.Module):
+    """Logits peaked on the true next value of known sequences (looked up by their prefix)."""
+
+    def __init__(self, seqs: torch.Tensor, wrong_rows: int = 0):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.table = {tuple(s[:-1].tolist()): s[1:] for s in seqs}
+        self.wrong_rows = wrong_rows
+
+    def forward(self, x):
+        targets = torch.stack([self.table[tuple(r.tolist())] for r in x])
+        logits = torch.full((*x.shape, 256), -10.0)
+        logits.scatter_(-1, targets.unsqueeze(-1), 10.0)
+        return logits
+
+    def generate(self, prefix, n_new):
+        rows = [next(v for k, v in self.table.items() if list(k[: prefix.shape[1]]) == p.tolist()) for p in prefix]
+        full = torch.cat([prefix, torch.stack(rows)[:, prefix.shape[1] - 1:]], dim=1)
+        full[: self.wrong_rows, -1] = (full[: self.wrong_rows, -1] + 1) % 256
+        return full
+
+
+def test_evaluate_levels_and_oracle():
+    test = make_test_set(phases=(1, 2), per_family=10)
+    table = evaluate(Oracle(test.seqs), test)
+    assert set(table.columns) == {"phase", "family", "position", "metric", "value", "n"}
+    acc = table[table.metric == "accuracy"]
+    assert (acc.value == 1.0).all() and (table[table.metric == "distance_error"].value == 0).all()
+    # levels: per family per position, per family, per phase (family 'all'), overall (phase NA)
+    fam = acc[(acc.family == "arithmetic") & acc.position.notna()]
+    assert list(fam.position) == list(range(7)) and (fam.n == 10).all()
+    assert acc[(acc.phase == 2) & (acc.family == ALL) & acc.position.isna()].n.item() == 9 * 10 * 7
+    assert acc[acc.phase.isna()].n.item() == 12 * 10 * 7
+
+
+def test_continuation_accuracy_counts_generated_values():
+    test = make_test_set(phases=(1,), per_family=10)
+    # the oracle continues perfectly except the last value of the first 15 rows
+    table = continuation(Oracle(test.seqs, wrong_rows=15), test, prefix=4)
+    overall = top(table)["continuation_accuracy"]
+    assert overall == pytest.approx(1 - 15 / (30 * 4))
+    positions = table[(table.family == ALL) & table.phase.notna() & table.position.notna()]
+    assert sorted(positions.position.unique()) == [3, 4, 5, 6]

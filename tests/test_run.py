@@ -1,0 +1,113 @@
+"""The CLI end to end: tiny runs of every study, output tables, determinism, and bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.metrics import BASELINES
+from bench.models import mixer_names
+from bench.run import compose_config, main, study_names
+
+TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
+        "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false"]
+
+
+def run_cli(tmp_path: Path, *overrides: str) -> Path:
+    out = tmp_path / "out"
+    assert main([*overrides, f"out_dir={out}"]) == 0
+    return out
+
+
+def test_studies_exist_and_compose():
+    assert {"smoke", "phase1", "phase2", "phase3", "curriculum"} <= set(study_names())
+    for name in study_names():
+        cfg = compose_config([f"study={name}"])
+        assert cfg.name == name and cfg.arch_list == mixer_names()
+
+
+@pytest.mark.parametrize("study", ["smoke", "phase1", "phase2", "phase3", "curriculum"])
+def test_every_study_runs_at_a_tiny_budget(tmp_path, study):
+    out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]")
+    results = pd.read_parquet(out / "results.parquet")
+    assert {"arch", "seed", "phase", "family", "metric", "value", "position", "study"} <= set(results.columns)
+    assert set(results.arch) == set(mixer_names()) | set(BASELINES)
+    assert {"accuracy", "distance_error", "loss", "continuation_accuracy"} <= set(results.metric)
+    cfg = compose_config([f"study={study}"])
+    assert set(results.phase.dropna()) == set(cfg.data.phases)
+
+
+def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
+    out = run_cli(tmp_path, "study=smoke", *TINY, "seeds=[0,1]")
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "baseline_uniform" in printed
+    history = pd.read_parquet(out / "history.parquet")
+    assert {"arch", "seed", "step", "tokens", "metric", "value"} <= set(history.columns)
+    assert sorted(history.step.unique()) == [3, 6] and {"train_loss", "val_loss", "val_accuracy"} <= set(history.metric)
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 2 * len(mixer_names()) and (runs.status == "ok").all()
+    assert (runs.tokens == 6 * 8 * 7).all()  # identical budget for every architecture
+    assert (out / "config.yaml").exists() and (out / "meta.yaml").exists()
+    assert len(list((out / "models").glob("*.pt"))) == 2 * len(mixer_names())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a = pd.read_parquet(run_cli(tmp_path / "a", "study=smoke", *TINY) / "results.parquet")
+    b = pd.read_parquet(run_cli(tmp_path / "b", "study=smoke", *TINY) / "results.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    c = pd.read_parquet(run_cli(tmp_path / "c", "study=smoke", *TINY, "seeds=[1]") / "results.parquet")
+    learned = lambda df: df[~df.arch.str.startswith("baseline")].value.to_numpy()  # noqa: E731
+    assert not (learned(a) == learned(c)).all()
+
+
+BAD = {
+    "unknown study": (["study=nope"], "unknown study 'nope'"),
+    "unknown arch": (["archs=[transformer,gru]"], "unknown architecture 'gru'"),
+    "malformed override": (["seeds=[1,2"], "malformed override"),
+    "not key=value": (["train.steps"], "malformed override"),
+    "unknown key": (["nokey=1"], "nokey"),
+    "unknown nested key": (["train.bogus=1"], "bogus"),
+    "wrong type": (["train.steps=abc"], "steps"),
+    "d_model not pow2": (["model.d_model=48"], "d_model must be a power of two"),
+    "d_state not pow2": (["model.d_state=12"], "d_state must be a power of two"),
+    "d_state > d_model": (["model.d_model=16", "model.d_state=32"], "must not exceed"),
+    "heads": (["model.mixer.transformer.n_heads=3"], "n_heads"),
+    "unknown mixer knob": (["model.mixer.transformer.n_head=4"], "n_head"),
+    "zero steps": (["train.steps=0"], "train.steps must be positive"),
+    "negative batch": (["train.batch_size=-4"], "train.batch_size must be positive"),
+    "unknown family": (["data.families=[nope]"], "unknown family 'nope'"),
+    "unknown flag": (["--frobnicate"], "unknown flag"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, capsys, case):
+    overrides, message = BAD[case]
+    out = tmp_path / "out"
+    assert main([*overrides, f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["study=smoke", f"out_dir={blocker}/sub"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_module_entry_point_exit_code_and_stderr(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "study=nope", f"out_dir={tmp_path / 'o'}"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown study 'nope'") and len(proc.stderr.strip().splitlines()) == 1
+    shown = subprocess.run([sys.executable, "-m", "bench.run", "study=phase2", "train.steps=7", "--cfg"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0 and "steps: 7" in shown.stdout and "name: phase2" in shown.stdout
