@@ -132,7 +132,7 @@ def train(
     n_running = 0
     tokens_per_step = cfg.batch_size * (stream.length - 1)
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     for step in range(cfg.steps):
         batch = stream.batch(step).to(device, non_blocking=True)
         logits = model(batch[:, :-1])  # every position predicts the next value
