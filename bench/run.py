@@ -50,6 +50,12 @@ def _register_configs() -> None:
         cs.store(group="study", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
+def _is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError when it cannot allocate."""
+    msg = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+
+
 def _first_line(e: BaseException) -> str:
     msgs = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
     return " / ".join(dict.fromkeys(msgs)) or type(e).__name__
@@ -144,7 +150,9 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
             try:
                 res = train(model, t, stream, validate_fn, curriculum.final_epoch(), device, cfg.progress,
                             desc=f"{arch} seed={seed}")
-            except (TrainingDiverged, torch.cuda.OutOfMemoryError, MemoryError) as e:
+            except (TrainingDiverged, MemoryError, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not isinstance(e, TrainingDiverged) and not _is_oom(e):
+                    raise
                 runs.append({**run, "status": "failed", "reason": _first_line(e)})
                 print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
                 continue

@@ -111,3 +111,13 @@ def test_module_entry_point_exit_code_and_stderr(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "bench.run", "study=phase2", "train.steps=7", "--cfg"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert shown.returncode == 0 and "steps: 7" in shown.stdout and "name: phase2" in shown.stdout
+
+
+def test_a_diverging_run_is_recorded_as_failed_and_the_study_goes_on(tmp_path, capsys):
+    out = run_cli(tmp_path, "study=smoke", *TINY, "train.lr=1e30", "train.warmup_max_frac=0")
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs.status == "failed").all() and runs.reason.str.contains("non-finite").all()
+    assert len(runs) == len(mixer_names())  # every architecture was tried
+    results = pd.read_parquet(out / "results.parquet")
+    assert set(results.arch) == set(BASELINES)  # no metrics from a failed run
+    assert "failed" in capsys.readouterr().err
