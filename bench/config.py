@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.data import FAMILIES, PHASES
 from bench.data.curriculum import EVAL_SEED
-from bench.models import MIXERS, SHARED_HPARAMS, build_mixer, mixer_names
+from bench.models import MIXERS, SHARED_HPARAMS, build_model, mixer_names
+from bench.models import ModelConfig as ArchModelConfig
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,15 @@ class Config:
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else mixer_names()
 
+    def model_config(self, arch: str) -> ArchModelConfig:
+        """What `bench.models.build_model` needs for `arch`: the shared sizes plus that mixer's knobs."""
+        m = self.model
+        return ArchModelConfig(
+            arch=arch, d_model=m.d_model, num_layers=m.num_layers, d_state=m.d_state, d_conv=m.d_conv,
+            expand=m.expand, ffn_mult=m.ffn_mult, embedding=m.embedding, max_len=self.data.length,
+            dropout=m.dropout, mixer=dict(m.mixer.get(arch) or {}),
+        )
+
     @property
     def output_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
@@ -182,19 +192,13 @@ def validate(cfg: DictConfig | Config) -> Config:
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
 
-    for arch in cfg.arch_list:  # build one layer of each mixer: catches heads not dividing d_model, etc.
+    for arch in cfg.arch_list:  # build one block of each: catches heads not dividing d_model, unknown knobs
         try:
-            build_mixer(arch, m.d_model, **mixer_hparams(cfg, arch))
+            build_model(replace(cfg.model_config(arch), num_layers=1))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{arch}: {e}") from None
     check_writable(cfg.output_dir)
     return cfg
-
-
-def mixer_hparams(cfg: Config, arch: str) -> dict[str, Any]:
-    """The hyperparameters handed to `build_mixer` for `arch`: shared ones plus its own extras."""
-    m = cfg.model
-    return {"d_state": m.d_state, "d_conv": m.d_conv, "expand": m.expand, **dict(m.mixer.get(arch) or {})}
 
 
 def check_writable(path: Path) -> None:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,11 +29,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bench.config import Config, ConfigError, mixer_hparams, validate
-from bench.data.curriculum import Curriculum, TrainStream, make_test_set, validation_set
+from bench.config import Config, ConfigError, validate
+from bench.data.curriculum import Curriculum, SequenceSet, TrainStream, make_test_set, validation_set
 from bench.metrics import ALL, METRICS, continuation, evaluate, evaluate_baselines, score_logits
 from bench.models import build_model
-from bench.models.backbone import ModelConfig as BackboneConfig
 from bench.seeding import derive_seed
 from bench.train import TrainingDiverged, distance_weighted_ce, train
 
@@ -92,16 +92,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def backbone_config(cfg: Config, arch: str) -> BackboneConfig:
-    m = cfg.model
-    extras = {k: v for k, v in mixer_hparams(cfg, arch).items() if k not in ("d_state", "d_conv", "expand")}
-    return BackboneConfig(
-        arch=arch, d_model=m.d_model, num_layers=m.num_layers, d_state=m.d_state, d_conv=m.d_conv,
-        expand=m.expand, ffn_mult=m.ffn_mult, embedding=m.embedding, max_len=cfg.data.length,
-        dropout=m.dropout, mixer=extras,
-    )
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -109,6 +99,41 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def train_one(
+    cfg: Config,
+    arch: str,
+    seed: int,
+    stream: TrainStream,
+    validate_fn: Callable[[torch.nn.Module, int], dict[str, float]],
+    curriculum: Curriculum,
+    test: SequenceSet,
+    device: torch.device,
+) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict | None]:
+    """Build, train and score one (architecture, seed): its `runs` row, history, results and weights.
+
+    A diverged or out-of-memory run returns status 'failed' with the reason, and no tables."""
+    torch.manual_seed(derive_seed("init", seed))  # the same initialisation stream for every architecture
+    model = build_model(cfg.model_config(arch)).to(device)
+    run = {"arch": arch, "seed": seed, "num_params": model.num_params(), "device": str(device),
+           "unused_hparams": ",".join(model.unused_hparams), "status": "ok", "reason": ""}
+    try:
+        res = train(model, cfg.train, stream, validate_fn, curriculum.final_epoch(), device, cfg.progress,
+                    desc=f"{arch} seed={seed}")
+    except Exception as e:
+        if not (isinstance(e, TrainingDiverged | MemoryError) or _is_oom(e)):
+            raise
+        print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
+        return {**run, "status": "failed", "reason": _first_line(e)}, None, None, None
+    run.update(steps=res.steps, tokens=res.tokens, best_val_loss=res.best_val, best_step=res.best_step,
+               stopped_early=res.stopped_early, wall_s=res.wall_s)
+    prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
+    scored = pd.concat([evaluate(model, test, cfg.eval.batch_size),
+                        continuation(model, test, prefix, cfg.eval.batch_size)], ignore_index=True)
+    history = pd.DataFrame(res.history).assign(arch=arch, seed=seed)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    return run, history, scored.assign(arch=arch, seed=seed), state
 
 
 def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
@@ -122,7 +147,6 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
     )
     test = make_test_set(tuple(d.phases), d.length, d.test_per_family, d.eval_seed,
                          families=tuple(d.families) if d.families else None)
-    prefix = cfg.eval.continuation_prefix or d.length // 2
     baselines = evaluate_baselines(test)
     results, history, runs, weights = [], [], [], {}
     val_cache: dict[tuple[int, int], torch.Tensor] = {}
@@ -143,27 +167,12 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
                     "val_distance_error": scores["distance_error"]}
 
         for arch in cfg.arch_list:
-            torch.manual_seed(derive_seed("init", seed))
-            model = build_model(backbone_config(cfg, arch)).to(device)
-            run = {"arch": arch, "seed": seed, "num_params": model.num_params(), "device": str(device),
-                   "unused_hparams": ",".join(model.unused_hparams), "status": "ok", "reason": ""}
-            try:
-                res = train(model, t, stream, validate_fn, curriculum.final_epoch(), device, cfg.progress,
-                            desc=f"{arch} seed={seed}")
-            except (TrainingDiverged, MemoryError, RuntimeError) as e:
-                if isinstance(e, RuntimeError) and not isinstance(e, TrainingDiverged) and not _is_oom(e):
-                    raise
-                runs.append({**run, "status": "failed", "reason": _first_line(e)})
-                print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
-                continue
-            run.update(steps=res.steps, tokens=res.tokens, best_val_loss=res.best_val, best_step=res.best_step,
-                       stopped_early=res.stopped_early, wall_s=res.wall_s)
+            run, hist, scored, state = train_one(cfg, arch, seed, stream, validate_fn, curriculum, test, device)
             runs.append(run)
-            history.append(pd.DataFrame(res.history).assign(arch=arch, seed=seed))
-            scored = pd.concat([evaluate(model, test, cfg.eval.batch_size),
-                                continuation(model, test, prefix, cfg.eval.batch_size)], ignore_index=True)
-            results.append(scored.assign(arch=arch, seed=seed))
-            weights[f"{arch}-seed{seed}.pt"] = {k: v.cpu() for k, v in model.state_dict().items()}
+            if run["status"] == "ok":
+                history.append(hist)
+                results.append(scored)
+                weights[f"{arch}-seed{seed}.pt"] = state
 
     tables = {
         "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
