@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from bench.metrics import BASELINES
 from bench.models import mixer_names
@@ -121,3 +122,10 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_study_goes_on(tmp_path, c
     results = pd.read_parquet(out / "results.parquet")
     assert set(results.arch) == set(BASELINES)  # no metrics from a failed run
     assert "failed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error path")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    assert main(["study=smoke", "device=cuda", f"out_dir={tmp_path / 'o'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: device 'cuda' requested but CUDA is not available"
+    assert not (tmp_path / "o").exists()
