@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.data import FAMILIES, PHASES
-from bench.data.curriculum import EVAL_SEED
+from bench.data.base import MIN_LENGTH
+from bench.data.curriculum import EVAL_SEED, Curriculum
 from bench.models import MIXERS, SHARED_HPARAMS, build_model, mixer_names
 from bench.models import ModelConfig as ArchModelConfig
 
@@ -110,6 +110,11 @@ class Config:
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else mixer_names()
 
+    def curriculum(self) -> Curriculum:
+        d = self.data
+        return Curriculum(phases=tuple(d.phases), families=tuple(d.families) if d.families else None,
+                          phase_epochs=d.phase_epochs, transition_epochs=d.transition_epochs)
+
     def model_config(self, arch: str) -> ArchModelConfig:
         """What `bench.models.build_model` needs for `arch`: the shared sizes plus that mixer's knobs."""
         m = self.model
@@ -174,18 +179,12 @@ def validate(cfg: DictConfig | Config) -> Config:
     if not 0 <= t.warmup_max_frac <= 1:
         raise ConfigError(f"train.warmup_max_frac must be in [0, 1], got {t.warmup_max_frac}")
 
-    if d.length < 3:
-        raise ConfigError(f"data.length must be at least 3, got {d.length}")
-    bad_phase = [p for p in d.phases if p not in PHASES]
-    if not d.phases or bad_phase:
-        raise ConfigError(f"data.phases must be a non-empty list drawn from {list(PHASES)}, got {list(d.phases)}")
-    for fam in d.families or []:
-        if fam not in FAMILIES:
-            raise ConfigError(f"unknown family '{fam}' in data.families (known: {', '.join(FAMILIES)})")
-        if FAMILIES[fam].phase not in d.phases:
-            raise ConfigError(f"family '{fam}' belongs to phase {FAMILIES[fam].phase}, not in data.phases")
-    if d.phase_epochs < 0 or d.transition_epochs < 0:
-        raise ConfigError("data.phase_epochs and data.transition_epochs must be non-negative")
+    if d.length < MIN_LENGTH:
+        raise ConfigError(f"data.length must be at least {MIN_LENGTH}, got {d.length}")
+    try:  # the curriculum checks phases, families and epochs itself
+        cfg.curriculum()
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
     prefix = cfg.eval.continuation_prefix
     if prefix is not None and not 1 <= prefix < d.length:
         raise ConfigError(f"eval.continuation_prefix must be in [1, data.length), got {prefix}")

@@ -141,12 +141,8 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     d, t = cfg.data, cfg.train
-    curriculum = Curriculum(
-        phases=tuple(d.phases), families=tuple(d.families) if d.families else None,
-        phase_epochs=d.phase_epochs, transition_epochs=d.transition_epochs,
-    )
-    test = make_test_set(tuple(d.phases), d.length, d.test_per_family, d.eval_seed,
-                         families=tuple(d.families) if d.families else None)
+    curriculum = cfg.curriculum()
+    test = make_test_set(curriculum.phases, d.length, d.test_per_family, d.eval_seed, curriculum.families)
     baselines = evaluate_baselines(test)
     results, history, runs, weights = [], [], [], {}
     val_cache: dict[tuple[int, int], torch.Tensor] = {}

@@ -81,6 +81,10 @@ BAD = {
     "zero steps": (["train.steps=0"], "train.steps must be positive"),
     "negative batch": (["train.batch_size=-4"], "train.batch_size must be positive"),
     "unknown family": (["data.families=[nope]"], "unknown family 'nope'"),
+    "family outside phases": (["data.families=[geometric]"], "belongs to phase 2"),
+    "repeated phase": (["data.phases=[1,1]"], "phases must not repeat"),
+    "unknown phase": (["data.phases=[4]"], "unknown phase 4"),
+    "short sequences": (["data.length=2"], "data.length must be at least 3"),
     "unknown flag": (["--frobnicate"], "unknown flag"),
 }
 
