@@ -106,7 +106,7 @@ def train_one(
     arch: str,
     seed: int,
     stream: TrainStream,
-    validate_fn: Callable[[torch.nn.Module, int], dict[str, float]],
+    validate_fn: Callable[[torch.nn.Module, int, float], dict[str, float]],
     curriculum: Curriculum,
     test: SequenceSet,
     device: torch.device,
@@ -151,9 +151,9 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
         results.append(baselines.assign(seed=seed))
         stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
 
-        def validate_fn(model: torch.nn.Module, index: int, seed: int = seed) -> dict[str, float]:
+        def validate_fn(model: torch.nn.Module, index: int, epoch: float, seed: int = seed) -> dict[str, float]:
             if (seed, index) not in val_cache:  # identical for every architecture of this seed
-                fresh = validation_set(curriculum, d.length, seed, index, float(index), d.val_size)
+                fresh = validation_set(curriculum, d.length, seed, index, epoch, d.val_size)
                 val_cache[(seed, index)] = fresh.seqs
             seqs = val_cache[(seed, index)].to(device)
             logits = model(seqs[:, :-1])

@@ -108,7 +108,7 @@ def train(
     model: nn.Module,
     cfg: TrainConfig,
     stream: TrainStream,
-    validate: Callable[[nn.Module, int], dict[str, float]],
+    validate: Callable[[nn.Module, int, float], dict[str, float]],
     final_epoch: float = 0.0,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -117,8 +117,9 @@ def train(
     """Train `model` in place on `stream` for at most `cfg.steps` steps; with early stopping on,
     stop after `cfg.patience` validations without improvement and restore the best weights.
 
-    `validate(model, epoch)` returns a dict with at least `val_loss` (the objective on fresh
-    validation sequences); it runs every `cfg.val_every` steps (one epoch) and at the end.
+    `validate(model, index, epoch)` returns a dict with at least `val_loss` (the objective on the
+    index-th set of fresh validation sequences, drawn from the curriculum's mixture at `epoch`);
+    it runs every `cfg.val_every` steps (one epoch) and after the last step.
     Early stopping only counts after `final_epoch` (when a curriculum has reached its last phase):
     before that, validation mixtures change and their losses are not comparable.
     """
@@ -133,50 +134,50 @@ def train(
     tokens_per_step = cfg.batch_size * (stream.length - 1)
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
-    for step in range(cfg.steps):
-        batch = stream.batch(step).to(device, non_blocking=True)
-        logits = model(batch[:, :-1])  # every position predicts the next value
-        loss = distance_weighted_ce(logits, batch[:, 1:], cfg.alpha, cfg.distance_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        running += loss.detach()
-        n_running += 1
-        res.steps, res.tokens = step + 1, (step + 1) * tokens_per_step
-        bar.update(1)
-        if res.steps % cfg.val_every and res.steps != cfg.steps:
-            continue
+    try:
+        for step in range(cfg.steps):
+            batch = stream.batch(step).to(device, non_blocking=True)
+            logits = model(batch[:, :-1])  # every position predicts the next value
+            loss = distance_weighted_ce(logits, batch[:, 1:], cfg.alpha, cfg.distance_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            running += loss.detach()
+            n_running += 1
+            res.steps, res.tokens = step + 1, (step + 1) * tokens_per_step
+            bar.update(1)
+            if res.steps % cfg.val_every and res.steps != cfg.steps:
+                continue
 
-        train_loss = (running / n_running).item()  # the one host sync per epoch
-        running.zero_()
-        n_running = 0
-        if not math.isfinite(train_loss):
-            bar.close()
-            raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {res.steps}")
-        epoch = res.steps / cfg.val_every
-        model.eval()
-        with torch.no_grad():
-            val = validate(model, res.steps // cfg.val_every)
-        model.train()
-        res.history.append(
-            {"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": sched.get_last_lr()[0],
-             "train_loss": train_loss, **val}
-        )
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['val_loss']:.3f}")
-        if not math.isfinite(val["val_loss"]):
-            bar.close()
-            raise TrainingDiverged(f"non-finite validation loss at step {res.steps}")
-        if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
-            res.best_val, res.best_step, wait = val["val_loss"], res.steps, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            wait += 1
-            if cfg.early_stopping and wait >= cfg.patience:
-                res.stopped_early = True
-                break
-    bar.close()
+            train_loss = (running / n_running).item()  # the one host sync per epoch
+            running.zero_()
+            n_running = 0
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {res.steps}")
+            epoch = res.steps / cfg.val_every
+            model.eval()
+            with torch.no_grad():
+                val = validate(model, len(res.history) + 1, epoch)
+            model.train()
+            res.history.append(
+                {"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                 "train_loss": train_loss, **val}
+            )
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['val_loss']:.3f}")
+            if not math.isfinite(val["val_loss"]):
+                raise TrainingDiverged(f"non-finite validation loss at step {res.steps}")
+            if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
+                res.best_val, res.best_step, wait = val["val_loss"], res.steps, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                wait += 1
+                if cfg.early_stopping and wait >= cfg.patience:
+                    res.stopped_early = True
+                    break
+    finally:
+        bar.close()
     if cfg.early_stopping and best_state is not None:  # without early stopping: the final weights
         model.load_state_dict(best_state)
     model.eval()

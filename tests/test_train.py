@@ -104,7 +104,7 @@ def test_early_stopping_restores_best_weights_and_stops_after_patience():
     losses = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     snapshots = {}
 
-    def validate(m, index):
+    def validate(m, index, epoch):
         snapshots[index] = {k: v.clone() for k, v in m.state_dict().items()}
         return {"val_loss": next(losses)}
 
@@ -121,7 +121,7 @@ def test_early_stopping_restores_best_weights_and_stops_after_patience():
 def test_no_early_stop_before_the_curriculum_reaches_its_last_phase():
     model = tiny_model()
     cfg = TrainConfig(steps=40, batch_size=8, val_every=5, patience=1)
-    res = train(model, cfg, tiny_stream(), lambda m, i: {"val_loss": float(i)}, final_epoch=6)
+    res = train(model, cfg, tiny_stream(), lambda m, i, e: {"val_loss": float(i)}, final_epoch=6)
     # worsening every validation, but counting starts only after epoch 6
     assert res.stopped_early and res.steps == 35 and res.best_step == 30
 
@@ -131,7 +131,7 @@ def test_divergence_is_reported():
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train(model, TrainConfig(steps=10, batch_size=8, val_every=5), tiny_stream(), lambda m, i: {"val_loss": 0.0})
+        train(model, TrainConfig(steps=10, batch_size=8, val_every=5), tiny_stream(), lambda m, i, e: {"val_loss": 0.0})
 
 
 def test_transformer_learns_arithmetic_far_above_baseline():
@@ -141,7 +141,7 @@ def test_transformer_learns_arithmetic_far_above_baseline():
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="transformer", d_model=32, num_layers=2))
     cfg = TrainConfig(steps=600, batch_size=32, lr=1e-2, val_every=100, early_stopping=False)
-    train(model, cfg, stream, lambda m, i: {"val_loss": 0.0})
+    train(model, cfg, stream, lambda m, i, e: {"val_loss": 0.0})
     table = evaluate(model, make_test_set(phases=(1,), families=("arithmetic",), per_family=200))
     overall = table[table.phase.isna()].set_index("metric")["value"]
     late = table[(table.family == "all") & (table.position >= 2)].groupby("metric")["value"].mean()
@@ -150,3 +150,10 @@ def test_transformer_learns_arithmetic_far_above_baseline():
     assert overall["accuracy"] > 50 * RANDOM_BASELINE["accuracy"], overall
     assert overall["distance_error"] < RANDOM_BASELINE["distance_error"] / 10, overall
     assert overall["loss"] < RANDOM_BASELINE["loss"] / 2, overall
+
+
+def test_each_validation_gets_a_fresh_index_and_its_epoch_including_a_final_partial_one():
+    calls = []
+    cfg = TrainConfig(steps=12, batch_size=8, val_every=5, early_stopping=False)
+    train(tiny_model(), cfg, tiny_stream(), lambda m, i, e: calls.append((i, e)) or {"val_loss": 1.0})
+    assert calls == [(1, 1.0), (2, 2.0), (3, 2.4)]
