@@ -149,20 +149,20 @@ def validate(cfg: DictConfig | Config) -> Config:
     unknown = [a for a in cfg.arch_list if a not in mixer_names()]
     if unknown:
         raise ConfigError(f"unknown architecture '{unknown[0]}' (registered: {', '.join(mixer_names())})")
-    if not cfg.seeds:
-        raise ConfigError("seeds must list at least one seed")
+    if cfg.archs is not None and not cfg.archs:
+        raise ConfigError("archs is empty (null means every registered architecture)")
+    for key, values in (("archs", cfg.arch_list), ("seeds", cfg.seeds)):
+        if not values:
+            raise ConfigError(f"{key} must list at least one entry")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key} lists an entry twice: {list(values)}")
     if not _is_pow2(m.d_model):
         raise ConfigError(f"model.d_model must be a power of two, got {m.d_model}")
     if not _is_pow2(m.d_state):
         raise ConfigError(f"model.d_state must be a power of two, got {m.d_state}")
     if m.d_state > m.d_model:
         raise ConfigError(f"model.d_state ({m.d_state}) must not exceed model.d_model ({m.d_model})")
-    _positive(**{"model.num_layers": m.num_layers, "model.d_conv": m.d_conv, "model.expand": m.expand,
-                 "model.ffn_mult": m.ffn_mult})
-    if m.embedding not in ("learned", "numeric"):
-        raise ConfigError(f"model.embedding must be 'learned' or 'numeric', got '{m.embedding}'")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    _positive(**{"model.d_conv": m.d_conv, "model.expand": m.expand})  # the backbone checks the rest
     for arch in m.mixer:
         if arch not in mixer_names():
             raise ConfigError(f"model.mixer.{arch}: unknown architecture '{arch}'")
@@ -174,8 +174,10 @@ def validate(cfg: DictConfig | Config) -> Config:
                  "threads": cfg.threads})
     if t.distance_weight not in ("linear", "quadratic", "sqrt"):
         raise ConfigError(f"train.distance_weight must be linear, quadratic or sqrt, got '{t.distance_weight}'")
-    if t.alpha < 0 or t.weight_decay < 0 or t.min_lr < 0 or t.warmup_steps < 0:
-        raise ConfigError("train.alpha, weight_decay, min_lr and warmup_steps must be non-negative")
+    if min(t.alpha, t.weight_decay, t.min_lr, t.warmup_steps, t.min_delta) < 0:
+        raise ConfigError("train.alpha, weight_decay, min_lr, warmup_steps and min_delta must be non-negative")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
     if not 0 <= t.warmup_max_frac <= 1:
         raise ConfigError(f"train.warmup_max_frac must be in [0, 1], got {t.warmup_max_frac}")
 
@@ -191,18 +193,29 @@ def validate(cfg: DictConfig | Config) -> Config:
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
 
-    for arch in cfg.arch_list:  # build one block of each: catches heads not dividing d_model, unknown knobs
+    for arch in cfg.arch_list:  # build one block of each: heads not dividing d_model, unknown knobs, sizes
         try:
-            build_model(replace(cfg.model_config(arch), num_layers=1))
+            build_model(replace(cfg.model_config(arch), num_layers=min(m.num_layers, 1)))
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"{arch}: {e}") from None
-    check_writable(cfg.output_dir)
+            raise ConfigError(f"model ({arch}): {e}") from None
+    check_out_dir(cfg.output_dir)
     return cfg
 
 
-def check_writable(path: Path) -> None:
-    """Fail early (before any training) if `path` cannot be created or written; creates nothing."""
-    probe = path.resolve()
+def check_out_dir(path: Path) -> None:
+    """Fail early (before any training), creating nothing, unless results can be swapped into `path`.
+
+    Outputs are written beside `path` and renamed into place, so its parent must be writable; an
+    existing `path` must be an earlier run's directory (it holds meta.yaml) or empty, so that a
+    user's own directory is never replaced.
+    """
+    path = path.resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"out_dir '{path}' exists and is not a directory")
+        if any(path.iterdir()) and not (path / "meta.yaml").is_file():
+            raise ConfigError(f"out_dir '{path}' is a non-empty directory that holds no earlier run (no meta.yaml)")
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():

@@ -12,6 +12,7 @@ Flags: `--cfg` prints the resolved config and exits; `--help` lists the studies.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import shutil
@@ -36,13 +37,23 @@ from bench.models import build_model
 from bench.seeding import derive_seed
 from bench.train import TrainingDiverged, distance_weighted_ce, train
 
-STUDIES_DIR = Path(os.environ.get("ARCHBENCH_STUDIES", Path(__file__).resolve().parents[1] / "studies"))
+
+def _studies_dir() -> Path:
+    """$ARCHBENCH_STUDIES, else the checkout's top-level studies/ (editable install), else ./studies."""
+    if "ARCHBENCH_STUDIES" in os.environ:
+        return Path(os.environ["ARCHBENCH_STUDIES"])
+    beside = Path(__file__).resolve().parents[1] / "studies"
+    return beside if beside.is_dir() else Path("studies")
+
+
+STUDIES_DIR = _studies_dir()
 
 
 def study_names() -> list[str]:
     return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
 
 
+@functools.cache
 def _register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
@@ -62,12 +73,22 @@ def _first_line(e: BaseException) -> str:
 
 
 def compose_config(overrides: list[str]) -> Config:
-    """Compose studies/<study>.yaml over the schema with `overrides`; raise ConfigError on any problem."""
-    study = next((o.split("=", 1)[1] for o in overrides if o.startswith("study=")), "smoke")
+    """Compose studies/<study>.yaml over the schema with `overrides`; raise ConfigError on any problem.
+
+    Only existing keys can be set: Hydra's `+key` (add), `~key` (delete) and `hydra.*` overrides
+    would add keys the schema drops or settings this CLI ignores, so they are refused.
+    """
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key.startswith(("+", "~", "hydra.")) or key in ("hydra", "name"):
+            raise ConfigError(f"override '{o}': only existing keys can be set (see --cfg); name comes from study=")
+    studies = [o.split("=", 1)[1] for o in overrides if o.startswith("study=")]
+    if len(studies) > 1:
+        raise ConfigError(f"study= given {len(studies)} times ({', '.join(studies)}); choose one")
+    study = studies[0] if studies else "smoke"
     if study not in study_names():
         raise ConfigError(f"unknown study '{study}' (available: {', '.join(study_names())})")
-    if not any(o.split("=", 1)[0].lstrip("+") == "name" for o in overrides):
-        overrides = [*overrides, f"name={study}"]
+    overrides = [*overrides, f"name={study}"]
     _register_configs()
     try:
         with initialize_config_module(config_module="bench.conf", version_base="1.3"):
@@ -78,6 +99,8 @@ def compose_config(overrides: list[str]) -> Config:
         raise ConfigError(_first_line(e)) from None
     except (ConfigCompositionException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad override: {_first_line(e)}") from None
+    except ValueError as e:  # Hydra raises plain ValueErrors for some malformed overrides ('=5', '@x=1')
+        raise ConfigError(f"malformed override: {_first_line(e)}") from None
     try:
         return validate(cfg)
     except OmegaConfBaseException as e:
@@ -93,10 +116,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _git_commit() -> str:
+    """Short commit of the checkout, with '-dirty' when tracked files differ from it."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        return (commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -125,7 +152,9 @@ def train_one(
         if not (isinstance(e, TrainingDiverged | MemoryError) or _is_oom(e)):
             raise
         print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
-        return {**run, "status": "failed", "reason": _first_line(e)}, None, None, None
+        partial = getattr(e, "result", None)
+        history = pd.DataFrame(partial.history).assign(arch=arch, seed=seed) if partial and partial.history else None
+        return {**run, "status": "failed", "reason": _first_line(e)}, history, None, None
     run.update(steps=res.steps, tokens=res.tokens, best_val_loss=res.best_val, best_step=res.best_step,
                stopped_early=res.stopped_early, wall_s=res.wall_s)
     prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
@@ -165,8 +194,9 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
         for arch in cfg.arch_list:
             run, hist, scored, state = train_one(cfg, arch, seed, stream, validate_fn, curriculum, test, device)
             runs.append(run)
-            if run["status"] == "ok":
+            if hist is not None:  # a failed run keeps the history up to its failure
                 history.append(hist)
+            if run["status"] == "ok":
                 results.append(scored)
                 weights[f"{arch}-seed{seed}.pt"] = state
 
@@ -201,10 +231,15 @@ def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
 
 
 def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], weights: dict, meta: dict) -> None:
-    """Write everything into a temporary sibling directory, then move it into place: no half-written output."""
+    """Write everything into a temporary sibling directory, then swap it in for `out_dir` whole.
+
+    A previous run's directory (validated to hold a meta.yaml, see `check_out_dir`) is replaced as
+    a unit, never merged file by file, so readers see either the old run or the new one.
+    """
     out = cfg.output_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
         for name, table in tables.items():
             table.to_parquet(tmp / f"{name}.parquet", index=False)
@@ -214,17 +249,11 @@ def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], weights: dict, m
         for fname, state in weights.items():
             torch.save(state, tmp / "models" / fname)
         if out.exists():
-            for item in tmp.iterdir():
-                target = out / item.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(item, target)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, out)
+            os.replace(out, old)
+        os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:

@@ -90,7 +90,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opti
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the run is recorded as failed with this reason."""
+    """The training loss became NaN or infinite; the run is recorded as failed with this reason.
+
+    `result` holds the history up to the failure, to diagnose it."""
+
+    def __init__(self, message: str, result: TrainResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -155,7 +161,7 @@ def train(
             running.zero_()
             n_running = 0
             if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {res.steps}")
+                raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {res.steps}", res)
             epoch = res.steps / cfg.val_every
             model.eval()
             with torch.no_grad():
@@ -167,7 +173,7 @@ def train(
             )
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['val_loss']:.3f}")
             if not math.isfinite(val["val_loss"]):
-                raise TrainingDiverged(f"non-finite validation loss at step {res.steps}")
+                raise TrainingDiverged(f"non-finite validation loss at step {res.steps}", res)
             if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
                 res.best_val, res.best_step, wait = val["val_loss"], res.steps, 0
                 best_state = copy.deepcopy(model.state_dict())

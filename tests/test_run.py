@@ -86,6 +86,18 @@ BAD = {
     "unknown phase": (["data.phases=[4]"], "unknown phase 4"),
     "short sequences": (["data.length=2"], "data.length must be at least 3"),
     "unknown flag": (["--frobnicate"], "unknown flag"),
+    "append a key": (["+train.foo=1"], "only existing keys"),
+    "append a top-level key": (["+foo=1"], "only existing keys"),
+    "hydra setting": (["hydra.run.dir=x"], "only existing keys"),
+    "empty key": (["=5"], "malformed override"),
+    "package syntax": (["@foo=1"], "malformed override"),
+    "two studies": (["study=phase1", "study=phase2"], "study= given 2 times"),
+    "repeated arch": (["archs=[lstm,lstm]"], "archs lists an entry twice"),
+    "repeated seed": (["seeds=[0,0]"], "seeds lists an entry twice"),
+    "empty archs": (["archs=[]"], "archs is empty"),
+    "no layers": (["model.num_layers=0"], "num_layers must be positive"),
+    "min_lr above lr": (["train.min_lr=1.0"], "must not exceed train.lr"),
+    "negative min_delta": (["train.min_delta=-1"], "non-negative"),
 }
 
 
@@ -97,6 +109,27 @@ def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, capsys, case)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["unknown arch", "zero steps", "append a key"])
+def test_bad_input_leaves_an_existing_run_directory_untouched(tmp_path, capsys, case):
+    out = run_cli(tmp_path, "study=smoke", *TINY)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([*BAD[case][0], f"out_dir={out}"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_replaces_the_previous_run_whole_and_never_a_foreign_directory(tmp_path, capsys):
+    out = run_cli(tmp_path, "study=smoke", *TINY)
+    (out / "stale.txt").write_text("from an older version")
+    assert main(["study=smoke", *TINY, f"out_dir={out}"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "results.parquet").exists()
+    foreign = tmp_path / "project"
+    (foreign / "models").mkdir(parents=True)
+    (foreign / "models" / "keep.txt").write_text("precious")
+    assert main(["study=smoke", *TINY, f"out_dir={foreign}"]) == 2
+    assert "holds no earlier run" in capsys.readouterr().err
+    assert (foreign / "models" / "keep.txt").read_text() == "precious"
 
 
 def test_unwritable_out_dir(tmp_path, capsys):

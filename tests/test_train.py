@@ -15,6 +15,7 @@ from bench.train import (
     TrainingDiverged,
     distance_weighted_ce,
     lr_factor,
+    make_optimizer,
     param_groups,
     train,
     warmup_steps,
@@ -77,6 +78,40 @@ def test_param_groups_honour_decay_rules_and_hints():
     assert by_param[id(model.A_log)] == (0.0, 1e-3)  # SSM dynamics: no decay, capped lr
     # the cap never raises a learning rate
     assert {g["lr"] for g in param_groups(model, lr=1e-4, weight_decay=0.01)} == {1e-4}
+
+
+def test_adamw_uses_the_design_settings():
+    opt, sched = make_optimizer(Hinted(), TrainConfig(lr=2e-3, weight_decay=0.01))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
+    assert sorted({g["weight_decay"] for g in opt.param_groups}) == [0.0, 0.01]
+    assert sorted({g["initial_lr"] for g in opt.param_groups}) == [1e-3, 2e-3]  # the hint caps A_log's lr
+    assert sched.get_last_lr()[0] == pytest.approx(opt.param_groups[0]["initial_lr"] * lr_factor(0, TrainConfig()))
+
+
+def test_gradients_are_clipped_to_global_norm_one(monkeypatch):
+    seen = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = original(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        seen.append((before.item(), after.item(), max_norm))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = TrainConfig(steps=5, batch_size=8, val_every=5, lr=1e-2)
+    train(tiny_model(), cfg, tiny_stream(), lambda m, i, e: {"val_loss": 0.0})
+    assert len(seen) == 5 and {m for *_, m in seen} == {1.0}
+    assert all(after <= 1.0 + 1e-5 for _, after, _ in seen) and max(b for b, _, _ in seen) > 1.0
+
+
+def test_an_improvement_smaller_than_min_delta_counts_as_none():
+    losses = iter([1.0, 0.9995, 0.9992, 0.9991, 0.5])  # each within 0.001 of the best
+    cfg = TrainConfig(steps=100, batch_size=8, val_every=5, patience=3, min_delta=0.001)
+    res = train(tiny_model(), cfg, tiny_stream(), lambda m, i, e: {"val_loss": next(losses)})
+    assert res.stopped_early and res.steps == 20 and res.best_step == 5 and res.best_val == 1.0
 
 
 def test_schedule_warmup_then_cosine_to_min_lr():
