@@ -31,7 +31,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bench.config import Config, ConfigError, validate
-from bench.data.curriculum import Curriculum, SequenceSet, TrainStream, make_test_set, validation_set
+from bench.data.curriculum import (
+    Curriculum,
+    SequenceSet,
+    TrainStream,
+    make_test_set,
+    seen_in_training,
+    validation_set,
+)
 from bench.metrics import ALL, METRICS, continuation, evaluate, evaluate_baselines, score_logits
 from bench.models import build_model
 from bench.seeding import derive_seed
@@ -173,12 +180,13 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
     curriculum = cfg.curriculum()
     test = make_test_set(curriculum.phases, d.length, d.test_per_family, d.eval_seed, curriculum.families)
     baselines = evaluate_baselines(test)
-    results, history, runs, weights = [], [], [], {}
+    results, history, runs, overlap, weights = [], [], [], [], {}
     val_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     for seed in cfg.seeds:
         results.append(baselines.assign(seed=seed))
         stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
+        overlap.append(test_overlap(test, stream, t.steps).assign(seed=seed))
 
         def validate_fn(model: torch.nn.Module, index: int, epoch: float, seed: int = seed) -> dict[str, float]:
             if (seed, index) not in val_cache:  # identical for every architecture of this seed
@@ -204,6 +212,7 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
         "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
         "history": _long_history(history, cfg.name),
         "runs": pd.DataFrame(runs).assign(study=cfg.name),
+        "overlap": pd.concat(overlap, ignore_index=True).assign(study=cfg.name),
     }
     meta = {
         "command": command,
@@ -213,6 +222,14 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
     }
     write_outputs(cfg, tables, weights, meta)
     return tables
+
+
+def test_overlap(test: SequenceSet, stream: TrainStream, steps: int) -> pd.DataFrame:
+    """Per (phase, family): how many test sequences occur verbatim in the training budget's stream."""
+    seen = seen_in_training(test, stream, steps)
+    frame = pd.DataFrame({"phase": test.phase.numpy(), "family": test.family_names(), "seen": seen.numpy()})
+    table = frame.groupby(["phase", "family"], sort=False)["seen"].agg(n="size", seen="sum").reset_index()
+    return table.assign(seen_fraction=table["seen"] / table["n"])
 
 
 def _tidy(df: pd.DataFrame, study: str) -> pd.DataFrame:
@@ -296,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.run " + " ".join(args)
     tables = run_study(cfg, command)
     print(summary(tables["results"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    ov = tables["overlap"]
+    print(f"test sequences also drawn in training: {ov.seen.sum() / ov.n.sum():.0%} (per family: overlap.parquet)")
     failed = tables["runs"].query("status != 'ok'")
     for _, row in failed.iterrows():
         print(f"failed: {row.arch} seed={row.seed}: {row.reason}", file=sys.stderr)

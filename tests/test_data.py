@@ -15,6 +15,7 @@ from bench.data import (
     families,
     get_family,
     make_test_set,
+    seen_in_training,
     validation_set,
 )
 from bench.seeding import generator
@@ -360,3 +361,15 @@ def test_test_set_is_not_a_training_stream():
             batch = s.batch(step)
             assert not torch.equal(batch, test.seqs)
             assert sorted(map(tuple, batch.tolist())) != sorted(map(tuple, test.seqs.tolist()))  # multisets
+
+
+def test_seen_in_training_finds_exactly_the_test_rows_drawn_in_the_budget():
+    stream = TrainStream(Curriculum(phases=(1,)), length=8, batch_size=4, seed=0, steps_per_epoch=10, chunk_batches=3)
+    drawn = [stream.labelled_batch(k) for k in range(5)]
+    fresh = make_test_set(phases=(1,), families=("alternating",), per_family=20)  # 65k members: rarely drawn
+    test = SequenceSet.cat([drawn[1].subset([0]), drawn[4].subset([3]), fresh])
+    seen = seen_in_training(test, stream, steps=5)
+    assert seen[:2].all()
+    expected = [any(torch.equal(r, b) for d in drawn for b in d.seqs) for r in fresh.seqs]
+    assert seen[2:].tolist() == expected
+    assert not seen_in_training(test.subset([1]), stream, steps=4).any()  # batch 4 is beyond a 4-step budget

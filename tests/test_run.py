@@ -52,6 +52,9 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     assert len(runs) == 2 * len(mixer_names()) and (runs.status == "ok").all()
     assert (runs.tokens == 6 * 8 * 7).all()  # identical budget for every architecture
     assert (out / "config.yaml").exists() and (out / "meta.yaml").exists()
+    overlap = pd.read_parquet(out / "overlap.parquet")
+    assert list(overlap.columns) == ["phase", "family", "n", "seen", "seen_fraction", "seed", "study"]
+    assert len(overlap) == 2 * 3 and (overlap.n == 4).all()  # 2 seeds x 3 phase-1 families
     assert len(list((out / "models").glob("*.pt"))) == 2 * len(mixer_names())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
 

@@ -16,6 +16,7 @@ from bench.data.curriculum import (
     SequenceSet,
     TrainStream,
     make_test_set,
+    seen_in_training,
     validation_set,
 )
 from bench.data.registry import FAMILIES, FAMILY_NAMES, PHASES, families, get_family
@@ -34,5 +35,6 @@ __all__ = [
     "families",
     "get_family",
     "make_test_set",
+    "seen_in_training",
     "validation_set",
 ]

@@ -224,3 +224,22 @@ def make_test_set(
             labels = torch.full((per_family,), FAMILY_INDEX[fam.name]), torch.full((per_family,), p)
             parts.append(SequenceSet(seqs, *labels))
     return SequenceSet.cat(parts)
+
+
+def seen_in_training(test: SequenceSet, stream: TrainStream, steps: int) -> torch.Tensor:
+    """BoolTensor (len(test),): does each test sequence occur verbatim in the first `steps` batches?
+
+    The test set comes from its own random stream, but several families have small parameter spaces
+    (`constant` has 256 members), so fresh draws from the same distribution repeat training
+    sequences, as the design accepts ("generate new sequences using the same parameter
+    distributions"). This measures how much, so results can say how much of a family's test
+    accuracy could be recall rather than rule-following.
+    """
+    if test.seqs.shape[1] != stream.length:
+        raise ValueError(f"test length {test.seqs.shape[1]} differs from the stream's {stream.length}")
+    seen: set[bytes] = set()
+    for chunk in range(-(-steps // stream.chunk_batches)):
+        rows = stream._make_chunk(chunk).seqs[: (steps - chunk * stream.chunk_batches) * stream.batch_size]
+        seen.update(map(bytes, rows.to(torch.uint8).numpy()))
+    return torch.tensor([bytes(row) in seen for row in test.seqs.to(torch.uint8).numpy()], dtype=torch.bool)
+
