@@ -31,10 +31,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bench.data import FAMILY_NAMES
+from bench.data import FAMILY_NAMES, VOCAB
 from bench.data.curriculum import SequenceSet
 
-VOCAB = 256
 METRICS = ("accuracy", "distance_error", "loss")
 RANDOM_BASELINE = {"accuracy": 1 / VOCAB, "distance_error": (VOCAB**2 - 1) / (3 * VOCAB), "loss": math.log(VOCAB)}
 BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")

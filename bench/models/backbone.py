@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-VOCAB = 256  # token values 0..255
+from bench.data.base import VOCAB  # token values 0..255, the one definition of the vocabulary
 
 
 @dataclass
