@@ -147,7 +147,8 @@ def train_one(
 ) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict | None]:
     """Build, train and score one (architecture, seed): its `runs` row, history, results and weights.
 
-    A diverged or out-of-memory run returns status 'failed' with the reason, and no tables."""
+    A diverged or out-of-memory run returns status 'failed' with the reason and only its history
+    up to the failure (no results, no weights)."""
     torch.manual_seed(derive_seed("init", seed))  # the same initialisation stream for every architecture
     model = build_model(cfg.model_config(arch)).to(device)
     run = {"arch": arch, "seed": seed, "num_params": model.num_params(), "device": str(device),
