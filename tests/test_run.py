@@ -81,6 +81,7 @@ BAD = {
     "d_state > d_model": (["model.d_model=16", "model.d_state=32"], "must not exceed"),
     "heads": (["model.mixer.transformer.n_heads=3"], "n_heads"),
     "unknown mixer knob": (["model.mixer.transformer.n_head=4"], "n_head"),
+    "boolean heads": (["model.mixer.transformer.n_heads=true"], "n_heads=True"),
     "zero steps": (["train.steps=0"], "train.steps must be positive"),
     "negative batch": (["train.batch_size=-4"], "train.batch_size must be positive"),
     "unknown family": (["data.families=[nope]"], "unknown family 'nope'"),

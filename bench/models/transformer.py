@@ -52,7 +52,7 @@ class Transformer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int = 2, pos: str = "rope") -> None:
         super().__init__()
-        if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
+        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1 or d_model % n_heads:
             raise ValueError(f"n_heads={n_heads!r} must be a positive integer dividing d_model={d_model}")
         if pos not in ("rope", "none"):
             raise ValueError(f"pos must be 'rope' or 'none', got {pos!r}")
