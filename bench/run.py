@@ -31,14 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bench.config import Config, ConfigError, validate
-from bench.data.curriculum import (
-    Curriculum,
-    SequenceSet,
-    TrainStream,
-    make_test_set,
-    seen_in_training,
-    validation_set,
-)
+from bench.data import Curriculum, SequenceSet, TrainStream, make_test_set, seen_in_training, validation_set
 from bench.metrics import ALL, METRICS, continuation, evaluate, evaluate_baselines, score_logits
 from bench.models import build_model
 from bench.seeding import derive_seed
