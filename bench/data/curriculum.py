@@ -238,8 +238,7 @@ def seen_in_training(test: SequenceSet, stream: TrainStream, steps: int) -> torc
     if test.seqs.shape[1] != stream.length:
         raise ValueError(f"test length {test.seqs.shape[1]} differs from the stream's {stream.length}")
     seen: set[bytes] = set()
-    for chunk in range(-(-steps // stream.chunk_batches)):
-        rows = stream._make_chunk(chunk).seqs[: (steps - chunk * stream.chunk_batches) * stream.batch_size]
-        seen.update(map(bytes, rows.to(torch.uint8).numpy()))
+    for step in range(steps):
+        seen.update(map(bytes, stream.batch(step).to(torch.uint8).numpy()))
     return torch.tensor([bytes(row) in seen for row in test.seqs.to(torch.uint8).numpy()], dtype=torch.bool)
 
