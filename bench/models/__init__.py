@@ -15,6 +15,11 @@ Mixer protocol (identical for every mixer; x is (B, L, d), x_t is (B, d)):
   Contract: prefill on x[:, :P] then stepping P..L-1 reproduces forward(x), for every 0 <= P < L.
 * `state_size(seq_len) -> int`: floats of recurrent state per sequence per layer after seq_len
   tokens (Zoology's idea), so architectures can be compared at equal state.
+* `activation_floats(seq_len) -> int`: floats of activation one training forward keeps for the
+  backward pass, per sequence, in this mixer (parameters excluded; a complex number counts as two).
+  It generalises the design's memory formula per architecture; the study engine multiplies it by
+  batch size, layers and bytes to prune configurations that cannot fit before they train. Tests
+  hold it within a factor of 2 of what autograd actually saves (`saved_tensors_hooks`).
 
 Optimiser hints: a mixer may attach `param._optim = {"weight_decay": 0.0, "lr": 1e-3}` to a
 parameter that needs special treatment (S4-style SSM dynamics); `bench.train.param_groups` replaces

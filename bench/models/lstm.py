@@ -43,3 +43,8 @@ class LSTMMixer(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """h and c: 2d floats, independent of the sequence length."""
         return 2 * self.d_model
+
+    def activation_floats(self, seq_len: int) -> int:
+        """Saved for backward per sequence: the input and the output sequence (2·L·d); nn.LSTM's
+        fused kernel keeps its gate workspace inside that output buffer."""
+        return 2 * seq_len * self.d_model

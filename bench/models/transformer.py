@@ -99,3 +99,9 @@ class Transformer(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """Floats of cache per sequence after seq_len tokens: keys and values, growing linearly."""
         return 2 * seq_len * self.d_model
+
+    def activation_floats(self, seq_len: int) -> int:
+        """Saved for backward per sequence: x, qkv, rotated q and k, the attention output and its
+        merged copy (about 6·L·d) plus one log-sum-exp per head and query; SDPA's fused kernels never
+        keep the L×L attention matrix."""
+        return seq_len * (6 * self.d_model + self.n_heads)
