@@ -381,6 +381,8 @@ def test_unused_shared_hparams_are_recorded():
     assert build_mixer("lstm", D, d_state=16).unused_hparams == ["d_state"]
     assert build_mixer("transformer", D).unused_hparams == []
     assert make_model("transformer").unused_hparams == ["d_conv", "d_state", "expand"]
+    with pytest.raises(ValueError, match="'d_state' was set for architecture 'lstm', which does not use it"):
+        make_model("lstm", mixer={"d_state": 8})
 
 
 def test_build_model_from_mapping_and_dictconfig():

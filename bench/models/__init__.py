@@ -55,9 +55,10 @@ def mixer_names() -> list[str]:
     return sorted(MIXERS)
 
 
-def build_mixer(name: str, d_model: int, **hparams: Any) -> nn.Module:
+def build_mixer(name: str, d_model: int, *, explicit: frozenset[str] = frozenset(), **hparams: Any) -> nn.Module:
     """Instantiate mixer `name`. Shared hyperparameters it does not use are dropped and recorded as
-    `mixer.unused_hparams` (sorted); any other keyword it does not take is an error, never ignored."""
+    `mixer.unused_hparams` (sorted), unless named in `explicit` (set for this architecture by the
+    user), which is an error; any other keyword it does not take is an error, never ignored."""
     if name not in MIXERS:
         raise ValueError(f"unknown architecture '{name}' (registered: {', '.join(mixer_names())})")
     cls = MIXERS[name]
@@ -66,6 +67,9 @@ def build_mixer(name: str, d_model: int, **hparams: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown hyperparameter '{unknown[0]}' for architecture '{name}' "
                          f"(accepted: {', '.join(accepted) or 'none'})")
+    pointless = sorted(k for k in explicit if k in hparams and k not in accepted)
+    if pointless:
+        raise ValueError(f"hyperparameter '{pointless[0]}' was set for architecture '{name}', which does not use it")
     mixer = cls(d_model, **{k: v for k, v in hparams.items() if k in accepted})
     mixer.unused_hparams = sorted(k for k in hparams if k not in accepted)
     return mixer
@@ -75,9 +79,11 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SequenceModel:
     """The backbone around `cfg.num_layers` fresh mixers of `cfg.arch`.
 
     `cfg` is a ModelConfig, or a dict / OmegaConf DictConfig with the same keys. The arch-specific
-    extras in `cfg.mixer` are passed next to the shared hyperparameters (and may override them).
+    extras in `cfg.mixer` are passed next to the shared hyperparameters (and may override them); a
+    shared hyperparameter set there for a mixer that does not use it is an error.
     """
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_mapping(cfg)
     hparams = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, **cfg.mixer}
-    return SequenceModel(cfg, lambda: build_mixer(cfg.arch, cfg.d_model, **hparams))
+    explicit = frozenset(cfg.mixer)
+    return SequenceModel(cfg, lambda: build_mixer(cfg.arch, cfg.d_model, explicit=explicit, **hparams))
