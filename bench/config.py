@@ -21,6 +21,8 @@ from bench.data.curriculum import EVAL_SEED, Curriculum
 from bench.models import MIXERS, SHARED_HPARAMS, build_model, mixer_names
 from bench.models import ModelConfig as ArchModelConfig
 
+STUDY_MARKER = ".archbench-study"  # written into out_dir when a study starts
+
 
 class ConfigError(ValueError):
     """A configuration problem a user must fix; the CLI prints it as one `error:` line, exit 2."""
@@ -93,6 +95,31 @@ class EvalConfig:
 
 
 @dataclass
+class SpaceConfig:
+    """Search ranges, inclusive. Sizes are powers of two sampled by exponent, so every draw is valid;
+    d_state's upper end is capped at each trial's d_model. An architecture searches only what its
+    mixer uses (plus d_model, num_layers and lr, which every architecture has)."""
+
+    d_model: list[int] = field(default_factory=lambda: [32, 128])  # [min, max], powers of two
+    d_state: list[int] = field(default_factory=lambda: [4, 32])  # [min, max], powers of two, <= d_model
+    d_conv: list[int] = field(default_factory=lambda: [2, 4])  # [min, max], powers of two
+    expand: list[int] = field(default_factory=lambda: [1, 2, 4])  # choices, each in {1, 2, 4}
+    num_layers: list[int] = field(default_factory=lambda: [1, 3])  # [min, max]
+    lr: list[float] = field(default_factory=lambda: [3e-4, 1e-2])  # [min, max], log-uniform
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = 0  # per architecture; 0 = no search: the final stage trains `model` as configured
+    steps: int | None = None  # per-trial step budget (same for every architecture); null = train.steps
+    seed: int = 0  # every trial's training seed and data stream; also seeds the TPE sampler
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    pruner: str = "median"  # median | none: prune on validation loss at each validation
+    startup_trials: int = 2  # trials before TPE and the pruner act (random sampling until then)
+    warmup_validations: int = 2  # validations a trial always gets before it can be pruned
+
+
+@dataclass
 class Config:
     name: str = "smoke"  # study name; outputs go to runs/<name> unless out_dir is set
     archs: list[str] | None = None  # null = every registered architecture
@@ -105,6 +132,14 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # torch threads per process: two collapse ~100x when another process holds a core
     progress: bool = True  # tqdm bar while training
+    search: SearchConfig = field(default_factory=SearchConfig)
+    stage: str = "all"  # all | search | final (other machines sharing a storage run stage=search)
+    storage: str | None = None  # any Optuna RDB URL; null = sqlite:///<out_dir>/optuna.db
+    workers: int = 1  # local worker processes sharing the study (one torch thread each)
+    heartbeat: int = 10  # seconds between a running trial's heartbeats; silent for 3x that = dead, retried
+    memory_budget: float = 8.0  # GiB: configurations estimated above it are pruned before training
+    iso: str = "none"  # none | params | state: size every architecture's d_model to one budget (within 10 %)
+    iso_target: int | None = None  # that budget; null = the median over architectures at `model`'s sizes
 
     @property
     def arch_list(self) -> list[str]:
@@ -127,6 +162,10 @@ class Config:
     @property
     def output_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.output_dir / 'optuna.db'}"
 
 
 def _is_pow2(n: int) -> bool:
@@ -198,23 +237,57 @@ def validate(cfg: DictConfig | Config) -> Config:
             build_model(replace(cfg.model_config(arch), num_layers=min(m.num_layers, 1)))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model ({arch}): {e}") from None
+    _validate_search(cfg)
     check_out_dir(cfg.output_dir)
     return cfg
+
+
+def _validate_search(cfg: Config) -> None:
+    s, sp = cfg.search, cfg.search.space
+    if s.n_trials < 0:
+        raise ConfigError(f"search.n_trials must be non-negative, got {s.n_trials}")
+    if s.steps is not None:
+        _positive(**{"search.steps": s.steps})
+    if s.pruner not in ("median", "none"):
+        raise ConfigError(f"search.pruner must be median or none, got '{s.pruner}'")
+    if min(s.startup_trials, s.warmup_validations) < 0:
+        raise ConfigError("search.startup_trials and search.warmup_validations must be non-negative")
+    for key in ("d_model", "d_state", "d_conv", "num_layers", "lr"):
+        rng = getattr(sp, key)
+        if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+            raise ConfigError(f"search.space.{key} must be [min, max] with 0 < min <= max, got {list(rng)}")
+        if key in ("d_model", "d_state", "d_conv") and not (_is_pow2(rng[0]) and _is_pow2(rng[1])):
+            raise ConfigError(f"search.space.{key} bounds must be powers of two, got {list(rng)}")
+    if sp.d_state[0] > sp.d_model[0]:
+        raise ConfigError(f"search.space.d_state min ({sp.d_state[0]}) exceeds d_model min ({sp.d_model[0]})")
+    if not sp.expand or any(e not in (1, 2, 4) for e in sp.expand) or len(set(sp.expand)) != len(sp.expand):
+        raise ConfigError(f"search.space.expand must list distinct values from {{1, 2, 4}}, got {list(sp.expand)}")
+    if cfg.stage not in ("all", "search", "final"):
+        raise ConfigError(f"stage must be all, search or final, got '{cfg.stage}'")
+    if cfg.iso not in ("none", "params", "state"):
+        raise ConfigError(f"iso must be none, params or state, got '{cfg.iso}'")
+    if cfg.iso_target is not None:
+        _positive(**{"iso_target": cfg.iso_target})
+    _positive(**{"workers": cfg.workers, "heartbeat": cfg.heartbeat, "memory_budget": cfg.memory_budget})
+    if cfg.storage is not None and "://" not in cfg.storage:
+        raise ConfigError(f"storage must be an Optuna RDB URL such as sqlite:///path.db or "
+                          f"postgresql+psycopg2://user:pw@host/db, got '{cfg.storage}'")
 
 
 def check_out_dir(path: Path) -> None:
     """Fail early (before any training), creating nothing, unless results can be swapped into `path`.
 
     Outputs are written beside `path` and renamed into place, so its parent must be writable; an
-    existing `path` must be an earlier run's directory (it holds meta.yaml) or empty, so that a
-    user's own directory is never replaced.
+    existing `path` must be a study's directory (it holds the STUDY_MARKER written when a study
+    starts, or an older run's meta.yaml) or empty, so that a user's own directory is never touched.
     """
     path = path.resolve()
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"out_dir '{path}' exists and is not a directory")
-        if any(path.iterdir()) and not (path / "meta.yaml").is_file():
-            raise ConfigError(f"out_dir '{path}' is a non-empty directory that holds no earlier run (no meta.yaml)")
+        if any(path.iterdir()) and not any((path / f).is_file() for f in (STUDY_MARKER, "meta.yaml")):
+            raise ConfigError(f"out_dir '{path}' is a non-empty directory that holds no earlier study "
+                              f"(no {STUDY_MARKER})")
     probe = path.parent
     while not probe.exists():
         probe = probe.parent

@@ -1,9 +1,11 @@
-"""`python -m bench.run study=<name> [key=value ...]`: train every architecture of a study and score it.
+"""`python -m bench.run study=<name> [key=value ...]`: run a study's search and final stages.
 
-Flow: compose + validate the config (Hydra override grammar, typed schema) -> fixed test set and
-baselines -> for each seed, for each architecture: the same training stream, train, evaluate ->
-write `results.parquet` (tidy), `history.parquet`, `runs.parquet`, `config.yaml` and the trained
-weights into `runs/<study>/` in one atomic step -> print a summary.
+Flow: compose + validate the config (Hydra override grammar, typed schema) -> the study engine
+(`bench.study`: per-architecture Optuna search, then the best configuration retrained on every
+seed, in `workers` processes sharing the study's storage) -> collect what the stages stored into
+tidy tables in `runs/<study>/` (`results.parquet` with a `stage` column, `history.parquet`,
+`runs.parquet`, `trials.parquet`, `overlap.parquet`, `config.yaml`, `meta.yaml`) -> a summary.
+Rerunning the same command resumes where the study stopped.
 
 Bad input exits with code 2 and one `error: ...` line on stderr, before anything is written.
 Flags: `--cfg` prints the resolved config and exits; `--help` lists the studies.
@@ -13,15 +15,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
+import multiprocessing as mp
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pandas as pd
 import torch
 from hydra import compose, initialize_config_module
@@ -29,13 +34,23 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
 
 from bench.config import Config, ConfigError, validate
-from bench.data import Curriculum, SequenceSet, TrainStream, make_test_set, seen_in_training, validation_set
-from bench.metrics import ALL, METRICS, continuation, evaluate, evaluate_baselines, score_logits
-from bench.models import build_model
-from bench.seeding import derive_seed
-from bench.train import TrainingDiverged, distance_weighted_ce, train
+from bench.data import SequenceSet, TrainStream, make_test_set, seen_in_training
+from bench.metrics import ALL, METRICS, evaluate_baselines
+from bench.study import (
+    Worker,
+    final_name,
+    first_line,
+    is_finished,
+    mark_study_dir,
+    open_storage,
+    progress,
+    search_name,
+    worker_main,
+    worker_tag,
+)
 
 
 def _studies_dir() -> Path:
@@ -61,17 +76,6 @@ def _register_configs() -> None:
         cs.store(group="study", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def _is_oom(e: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError when it cannot allocate."""
-    msg = str(e).lower()
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
-
-
-def _first_line(e: BaseException) -> str:
-    msgs = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
-    return " / ".join(dict.fromkeys(msgs)) or type(e).__name__
-
-
 def compose_config(overrides: list[str]) -> Config:
     """Compose studies/<study>.yaml over the schema with `overrides`; raise ConfigError on any problem.
 
@@ -94,17 +98,17 @@ def compose_config(overrides: list[str]) -> Config:
         with initialize_config_module(config_module="bench.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
     except OverrideParseException as e:
-        raise ConfigError(f"malformed override: {_first_line(e)}") from None
+        raise ConfigError(f"malformed override: {first_line(e)}") from None
     except MissingConfigException as e:
-        raise ConfigError(_first_line(e)) from None
+        raise ConfigError(first_line(e)) from None
     except (ConfigCompositionException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad override: {_first_line(e)}") from None
+        raise ConfigError(f"bad override: {first_line(e)}") from None
     except ValueError as e:  # Hydra raises plain ValueErrors for some malformed overrides ('=5', '@x=1')
-        raise ConfigError(f"malformed override: {_first_line(e)}") from None
+        raise ConfigError(f"malformed override: {first_line(e)}") from None
     try:
         return validate(cfg)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"bad value: {_first_line(e)}") from None
+        raise ConfigError(f"bad value: {first_line(e)}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,93 +132,121 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def train_one(
-    cfg: Config,
-    arch: str,
-    seed: int,
-    stream: TrainStream,
-    validate_fn: Callable[[torch.nn.Module, int, float], dict[str, float]],
-    curriculum: Curriculum,
-    test: SequenceSet,
-    device: torch.device,
-) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict | None]:
-    """Build, train and score one (architecture, seed): its `runs` row, history, results and weights.
-
-    A diverged or out-of-memory run returns status 'failed' with the reason and only its history
-    up to the failure (no results, no weights)."""
-    torch.manual_seed(derive_seed("init", seed))  # the same initialisation stream for every architecture
-    model = build_model(cfg.model_config(arch)).to(device)
-    run = {"arch": arch, "seed": seed, "num_params": model.num_params(), "device": str(device),
-           "unused_hparams": ",".join(model.unused_hparams), "status": "ok", "reason": ""}
+def run_workers(cfg: Config, device: torch.device) -> None:
+    """Run the study's workers: in this process for workers=1, else N spawned processes (one torch
+    thread each), while this process shows one progress line for the whole study."""
+    storage = open_storage(cfg)
+    if cfg.workers == 1:
+        torch.set_num_threads(cfg.threads)
+        Worker(cfg, device, log=_study_logger(cfg, storage), tag=worker_tag(cfg, 0)).run()
+        return
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker_main, args=(cfg, str(device), i), daemon=False) for i in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    bar = tqdm(desc=f"study {cfg.name}", unit="run", disable=None if cfg.progress else True, dynamic_ncols=True)
     try:
-        res = train(model, cfg.train, stream, validate_fn, curriculum.final_epoch(), device, cfg.progress,
-                    desc=f"{arch} seed={seed}")
-    except Exception as e:
-        if not (isinstance(e, TrainingDiverged | MemoryError) or _is_oom(e)):
-            raise
-        print(f"warning: {arch} seed={seed} failed: {_first_line(e)}", file=sys.stderr)
-        partial = getattr(e, "result", None)
-        history = pd.DataFrame(partial.history).assign(arch=arch, seed=seed) if partial and partial.history else None
-        return {**run, "status": "failed", "reason": _first_line(e)}, history, None, None
-    run.update(steps=res.steps, tokens=res.tokens, best_val_loss=res.best_val, best_step=res.best_step,
-               stopped_early=res.stopped_early, wall_s=res.wall_s)
-    prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
-    scored = pd.concat([evaluate(model, test, cfg.eval.batch_size),
-                        continuation(model, test, prefix, cfg.eval.batch_size)], ignore_index=True)
-    history = pd.DataFrame(res.history).assign(arch=arch, seed=seed)
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    return run, history, scored.assign(arch=arch, seed=seed), state
+        while any(p.is_alive() for p in procs):
+            done, total, best = progress(cfg, storage)
+            bar.total, bar.n = total, done
+            bar.set_postfix_str(" ".join(f"{a}={v:.3f}" for a, v in best.items()))
+            time.sleep(2)
+    finally:
+        bar.close()
+        for p in procs:
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {cfg.workers} workers exited with an error (exit codes {bad})")
 
 
-def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame]:
-    """Train and evaluate every (seed, architecture) of `cfg`; write the outputs; return the tables."""
-    torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    d, t = cfg.data, cfg.train
+def _study_logger(cfg: Config, storage: Any) -> Callable[[str], None]:
+    """One line per finished trial, prefixed by the study's progress (done/total, best per arch)."""
+    def log(message: str) -> None:
+        done, total, best = progress(cfg, storage)
+        tail = " ".join(f"{a}={v:.3f}" for a, v in best.items())
+        print(f"[{done}/{total}{' best ' + tail if tail else ''}] {message}", flush=True)
+    return log
+
+
+def collect(cfg: Config) -> dict[str, pd.DataFrame]:
+    """The study's tables from what the stages stored: final runs' files and the search trials."""
     curriculum = cfg.curriculum()
+    d, t = cfg.data, cfg.train
     test = make_test_set(curriculum.phases, d.length, d.test_per_family, d.eval_seed, curriculum.families)
     baselines = evaluate_baselines(test)
-    results, history, runs, overlap, weights = [], [], [], [], {}
-    val_cache: dict[tuple[int, int], torch.Tensor] = {}
-
+    final = cfg.output_dir / "final"
+    results, history, runs, overlap = [], [], [], []
     for seed in cfg.seeds:
         results.append(baselines.assign(seed=seed))
         stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
         overlap.append(test_overlap(test, stream, t.steps).assign(seed=seed))
-
-        def validate_fn(model: torch.nn.Module, index: int, epoch: float, seed: int = seed) -> dict[str, float]:
-            if (seed, index) not in val_cache:  # identical for every architecture of this seed
-                fresh = validation_set(curriculum, d.length, seed, index, epoch, d.val_size)
-                val_cache[(seed, index)] = fresh.seqs
-            seqs = val_cache[(seed, index)].to(device)
-            logits = model(seqs[:, :-1])
-            scores = {k: v.mean().item() for k, v in score_logits(logits, seqs[:, 1:]).items()}
-            return {"val_loss": distance_weighted_ce(logits, seqs[:, 1:], t.alpha, t.distance_weight).item(),
-                    "val_ce": scores["loss"], "val_accuracy": scores["accuracy"],
-                    "val_distance_error": scores["distance_error"]}
-
         for arch in cfg.arch_list:
-            run, hist, scored, state = train_one(cfg, arch, seed, stream, validate_fn, curriculum, test, device)
-            runs.append(run)
-            if hist is not None:  # a failed run keeps the history up to its failure
-                history.append(hist)
-            if run["status"] == "ok":
-                results.append(scored)
-                weights[f"{arch}-seed{seed}.pt"] = state
-
-    tables = {
+            stem = final / f"{arch}-seed{seed}"
+            run_file = stem.with_suffix(".run.json")
+            if not run_file.exists():
+                raise RuntimeError(f"final run {arch} seed={seed} has no results in {final}")
+            runs.append(json.loads(run_file.read_text()))
+            if stem.with_suffix(".history.parquet").exists():
+                history.append(pd.read_parquet(stem.with_suffix(".history.parquet")))
+            if runs[-1]["status"] == "ok":
+                results.append(pd.read_parquet(stem.with_suffix(".results.parquet")))
+    storage = open_storage(cfg)
+    return {
         "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
-        "history": _long_history(history, cfg.name),
-        "runs": pd.DataFrame(runs).assign(study=cfg.name),
+        "history": _long_history([h for h in history if len(h)], cfg.name),
+        "runs": _runs_table(runs, cfg.name),
+        "trials": trials_table(cfg, storage),
         "overlap": pd.concat(overlap, ignore_index=True).assign(study=cfg.name),
     }
+
+
+RUN_COLUMNS = ["study", "stage", "arch", "seed", "status", "reason", "d_model", "num_layers", "d_state", "d_conv",
+               "expand", "lr", "num_params", "state_size", "steps", "tokens", "wall_s", "best_step", "stopped_early",
+               "mem_estimate_gib", "mem_measured_gib", "impl", "device", "search_trial", "trial"]
+
+
+def _runs_table(rows: list[dict], study: str) -> pd.DataFrame:
+    table = pd.DataFrame(rows).assign(study=study)
+    for col in RUN_COLUMNS:
+        if col not in table:
+            table[col] = pd.NA
+    return table[RUN_COLUMNS + sorted(c for c in table.columns if c not in RUN_COLUMNS)]
+
+
+def trials_table(cfg: Config, storage: Any) -> pd.DataFrame:
+    """Every trial of both stages: number, state, value, params and user attributes, one row each."""
+    names = set(optuna.get_all_study_names(storage))
+    frames = []
+    for arch in cfg.arch_list:
+        for stage, name in (("search", search_name(cfg, arch)), ("final", final_name(cfg, arch))):
+            if name not in names:
+                continue
+            for tr in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+                frames.append({"study": cfg.name, "stage": stage, "arch": arch, "number": tr.number,
+                               "state": tr.state.name, "value": tr.value, "counted": is_finished(tr),
+                               "duration_s": tr.duration.total_seconds() if tr.duration else None,
+                               **{k: v for k, v in tr.user_attrs.items() if k not in ("arch",)}})
+    return pd.DataFrame(frames)
+
+
+def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame] | None:
+    """Run (or resume) both stages of `cfg`, then write its tables; None when only searching."""
+    device = resolve_device(cfg.device)
+    mark_study_dir(cfg)
+    run_workers(cfg, device)
+    if cfg.stage == "search":
+        return None
+    tables = collect(cfg)
     meta = {
         "command": command,
         "commit": _git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, {device}",
+        "workers": cfg.workers,
+        "storage": cfg.storage_url,
     }
-    write_outputs(cfg, tables, weights, meta)
+    write_outputs(cfg, tables, meta)
     return tables
 
 
@@ -227,8 +259,9 @@ def test_overlap(test: SequenceSet, stream: TrainStream, steps: int) -> pd.DataF
 
 
 def _tidy(df: pd.DataFrame, study: str) -> pd.DataFrame:
-    cols = ["study", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
-    return df.assign(study=study)[cols].reset_index(drop=True)
+    """Test-set scores of the final stage (baselines included, on the same test set)."""
+    cols = ["study", "stage", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
+    return df.assign(study=study, stage="final")[cols].reset_index(drop=True)
 
 
 def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
@@ -241,30 +274,24 @@ def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
     return long[["study", *ids, "metric", "value"]]
 
 
-def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], weights: dict, meta: dict) -> None:
-    """Write everything into a temporary sibling directory, then swap it in for `out_dir` whole.
-
-    A previous run's directory (validated to hold a meta.yaml, see `check_out_dir`) is replaced as
-    a unit, never merged file by file, so readers see either the old run or the new one.
-    """
+def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], meta: dict) -> None:
+    """Write each table to a temporary file and rename it into `out_dir` (meta.yaml last), so a
+    reader never sees a half-written file, and the study's storage and checkpoints stay untouched."""
     out = cfg.output_dir
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
-        for name, table in tables.items():
-            table.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        (tmp / "meta.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
-        (tmp / "models").mkdir()
-        for fname, state in weights.items():
-            torch.save(state, tmp / "models" / fname)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Callable[[Path], None]] = {
+        f"{name}.parquet": functools.partial(lambda t, p: t.to_parquet(p, index=False), table)
+        for name, table in tables.items()
+    }
+    files["config.yaml"] = lambda p: p.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    files["meta.yaml"] = lambda p: p.write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
+    for name, write in files.items():
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        try:
+            write(tmp)
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -302,10 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; seeds {list(cfg.seeds)}; "
-          f"{cfg.train.steps} steps x {cfg.train.batch_size} sequences of length {cfg.data.length}; device {device}")
+    search = (f"search {cfg.search.n_trials} trials x {cfg.search.steps or cfg.train.steps} steps per arch, "
+              if cfg.search.n_trials else "no search, ")
+    print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; {search}final {cfg.train.steps} steps x "
+          f"{cfg.train.batch_size} sequences of length {cfg.data.length} on seeds {list(cfg.seeds)}; "
+          f"device {device}; {cfg.workers} worker(s); storage {cfg.storage_url}", flush=True)
     command = "python -m bench.run " + " ".join(args)
-    tables = run_study(cfg, command)
+    try:
+        tables = run_study(cfg, command)
+    except ConfigError as e:  # storage unreachable, study run under another configuration
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if tables is None:
+        print(f"search stage done; trials in {cfg.storage_url}")
+        return 0
     print(summary(tables["results"]).to_string(float_format=lambda v: f"{v:.4f}"))
     ov = tables["overlap"]
     print(f"test sequences also drawn in training: {ov.seen.sum() / ov.n.sum():.0%} (per family: overlap.parquet)")

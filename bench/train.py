@@ -8,10 +8,13 @@ once per validation, which is also when the progress bar, history and early stop
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +111,14 @@ class TrainResult:
     best_step: int = 0
     stopped_early: bool = False
     wall_s: float = 0.0
+    resumed_from: int = 0  # step of the checkpoint this run continued from (0: from scratch)
+
+
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically (temporary file + rename): a kill mid-write leaves the previous checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
 
 
 def train(
@@ -119,6 +130,8 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "",
+    checkpoint: Path | None = None,
+    on_validation: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `stream` for at most `cfg.steps` steps; with early stopping on,
     stop after `cfg.patience` validations without improvement and restore the best weights.
@@ -128,6 +141,12 @@ def train(
     it runs every `cfg.val_every` steps (one epoch) and after the last step.
     Early stopping only counts after `final_epoch` (when a curriculum has reached its last phase):
     before that, validation mixtures change and their losses are not comparable.
+
+    With `checkpoint`, everything the loop needs (weights, optimiser and schedule, history, best
+    weights, patience, RNG) is saved there at each validation, and a run finding the file resumes
+    from it: batches are random-access by step, so the resumed run continues the identical stream.
+    `on_validation(result)` runs after each validation and checkpoint (the study engine reports to
+    Optuna there; an exception it raises, such as a pruning signal, ends training).
     """
     device = torch.device(device)
     model.to(device).train()
@@ -135,13 +154,22 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     res = TrainResult()
     best_state, wait = None, 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        res, best_state, wait = TrainResult(**ck["result"]), ck["best_state"], ck["wait"]
+        res.resumed_from = res.steps
+        torch.set_rng_state(ck["rng"])
     running = torch.zeros((), device=device)
     n_running = 0
     tokens_per_step = cfg.batch_size * (stream.length - 1)
-    start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    start = time.perf_counter() - res.wall_s
+    bar = tqdm(total=cfg.steps, initial=res.steps, desc=desc, disable=None if progress else True, leave=False,
+               dynamic_ncols=True)
     try:
-        for step in range(cfg.steps):
+        for step in range(res.steps, cfg.steps if not res.stopped_early else 0):
             batch = stream.batch(step).to(device, non_blocking=True)
             logits = model(batch[:, :-1])  # every position predicts the next value
             loss = distance_weighted_ce(logits, batch[:, 1:], cfg.alpha, cfg.distance_weight)
@@ -181,7 +209,16 @@ def train(
                 wait += 1
                 if cfg.early_stopping and wait >= cfg.patience:
                     res.stopped_early = True
-                    break
+            if checkpoint is not None:
+                res.wall_s = time.perf_counter() - start
+                _save_checkpoint(Path(checkpoint), {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "result": dataclasses.asdict(res), "best_state": best_state, "wait": wait,
+                    "rng": torch.get_rng_state()})
+            if on_validation is not None:
+                on_validation(res)
+            if res.stopped_early:
+                break
     finally:
         bar.close()
     if cfg.early_stopping and best_state is not None:  # without early stopping: the final weights

@@ -14,7 +14,9 @@ from bench.models import mixer_names
 from bench.run import compose_config, main, study_names
 
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
-        "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false"]
+        "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false", "workers=1",
+        "search.n_trials=0", "search.steps=6", "search.space.d_model=[16,32]", "search.space.d_state=[4,16]",
+        "search.space.num_layers=[1,2]"]
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> Path:
@@ -30,11 +32,14 @@ def test_studies_exist_and_compose():
         assert cfg.name == name and cfg.arch_list == mixer_names()
 
 
-@pytest.mark.parametrize("study", ["smoke", "phase1", "phase2", "phase3", "curriculum"])
-def test_every_study_runs_at_a_tiny_budget(tmp_path, study):
-    out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]")
+@pytest.mark.parametrize("study", study_names())
+def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
+    out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]", "search.n_trials=1")
     results = pd.read_parquet(out / "results.parquet")
-    assert {"arch", "seed", "phase", "family", "metric", "value", "position", "study"} <= set(results.columns)
+    assert {"arch", "seed", "phase", "family", "metric", "value", "position", "study", "stage"} <= set(results.columns)
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert trials.groupby("stage").arch.nunique().to_dict() == {"final": len(mixer_names()),
+                                                                "search": len(mixer_names())}
     assert set(results.arch) == set(mixer_names()) | set(BASELINES)
     assert {"accuracy", "distance_error", "loss", "continuation_accuracy"} <= set(results.metric)
     cfg = compose_config([f"study={study}"])
@@ -87,7 +92,7 @@ BAD = {
     "unknown family": (["data.families=[nope]"], "unknown family 'nope'"),
     "family outside phases": (["data.families=[geometric]"], "belongs to phase 2"),
     "repeated phase": (["data.phases=[1,1]"], "phases must not repeat"),
-    "unknown phase": (["data.phases=[4]"], "unknown phase 4"),
+    "unknown phase": (["data.phases=[9]"], "unknown phase 9"),
     "short sequences": (["data.length=2"], "data.length must be at least 3"),
     "unknown flag": (["--frobnicate"], "unknown flag"),
     "append a key": (["+train.foo=1"], "only existing keys"),
@@ -102,6 +107,17 @@ BAD = {
     "no layers": (["model.num_layers=0"], "num_layers must be positive"),
     "min_lr above lr": (["train.min_lr=1.0"], "must not exceed train.lr"),
     "negative min_delta": (["train.min_delta=-1"], "non-negative"),
+    "storage not a URL": (["storage=runs/x.db"], "storage must be an Optuna RDB URL"),
+    "unknown stage": (["stage=both"], "stage must be all, search or final"),
+    "unknown iso": (["iso=flops"], "iso must be none, params or state"),
+    "space bound not pow2": (["search.space.d_model=[24,128]"], "search.space.d_model bounds must be powers of two"),
+    "space reversed": (["search.space.num_layers=[3,1]"], "search.space.num_layers must be [min, max]"),
+    "space d_state above d_model": (["search.space.d_model=[8,64]", "search.space.d_state=[16,32]"],
+                                    "d_state min (16) exceeds d_model min (8)"),
+    "expand choice": (["search.space.expand=[3]"], "search.space.expand must list distinct values"),
+    "negative trials": (["search.n_trials=-1"], "search.n_trials must be non-negative"),
+    "no workers": (["workers=0"], "workers must be positive"),
+    "unknown pruner": (["search.pruner=hyperband"], "search.pruner must be median or none"),
 }
 
 
@@ -123,17 +139,18 @@ def test_bad_input_leaves_an_existing_run_directory_untouched(tmp_path, capsys, 
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_a_rerun_replaces_the_previous_run_whole_and_never_a_foreign_directory(tmp_path, capsys):
+def test_a_rerun_rewrites_each_output_whole_and_never_touches_a_foreign_directory(tmp_path, capsys):
     out = run_cli(tmp_path, "study=smoke", *TINY)
-    (out / "stale.txt").write_text("from an older version")
+    before = (out / "results.parquet").stat().st_mtime_ns
     assert main(["study=smoke", *TINY, f"out_dir={out}"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "results.parquet").exists()
+    assert (out / "results.parquet").stat().st_mtime_ns > before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
     foreign = tmp_path / "project"
     (foreign / "models").mkdir(parents=True)
     (foreign / "models" / "keep.txt").write_text("precious")
     assert main(["study=smoke", *TINY, f"out_dir={foreign}"]) == 2
-    assert "holds no earlier run" in capsys.readouterr().err
-    assert (foreign / "models" / "keep.txt").read_text() == "precious"
+    assert "holds no earlier study" in capsys.readouterr().err
+    assert (foreign / "models" / "keep.txt").read_text() == "precious" and len(list(foreign.rglob("*"))) == 2
 
 
 def test_unwritable_out_dir(tmp_path, capsys):

@@ -192,3 +192,49 @@ def test_each_validation_gets_a_fresh_index_and_its_epoch_including_a_final_part
     cfg = TrainConfig(steps=12, batch_size=8, val_every=5, early_stopping=False)
     train(tiny_model(), cfg, tiny_stream(), lambda m, i, e: calls.append((i, e)) or {"val_loss": 1.0})
     assert calls == [(1, 1.0), (2, 2.0), (3, 2.4)]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_run_interrupted_after_a_checkpoint_resumes_to_the_identical_result(tmp_path, early_stopping):
+    """Kill at the 2nd validation (after its checkpoint), resume from the file: same weights, history
+    and early-stopping decisions as one uninterrupted run."""
+    losses = [1.0, 0.8, 0.9, 0.95, 0.97, 0.99]
+    validate = lambda m, i, e: {"val_loss": losses[i - 1]}  # noqa: E731
+    cfg = TrainConfig(steps=30, batch_size=8, val_every=5, patience=2, lr=1e-2, early_stopping=early_stopping)
+    whole = tiny_model()
+    ref = train(whole, cfg, tiny_stream(), validate)
+
+    def kill_at_second(res):
+        if len(res.history) == 2:
+            raise Interrupt
+
+    ck = tmp_path / "trial.pt"
+    with pytest.raises(Interrupt):
+        train(tiny_model(), cfg, tiny_stream(), validate, checkpoint=ck, on_validation=kill_at_second)
+    fresh = tiny_model()  # the retried trial builds a new model; the checkpoint restores everything
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    seen = []
+    res = train(fresh, cfg, tiny_stream(), validate, checkpoint=ck, on_validation=lambda r: seen.append(r.steps))
+    assert res.resumed_from == 10 and seen[0] == 15
+    assert [h["step"] for h in res.history] == [h["step"] for h in ref.history]
+    assert (res.steps, res.best_step, res.stopped_early) == (ref.steps, ref.best_step, ref.stopped_early)
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_a_finished_checkpoint_is_not_trained_further(tmp_path):
+    cfg = TrainConfig(steps=10, batch_size=8, val_every=5, early_stopping=False)
+    ck = tmp_path / "done.pt"
+    first = tiny_model()
+    train(first, cfg, tiny_stream(), lambda m, i, e: {"val_loss": 1.0}, checkpoint=ck)
+    again = tiny_model()
+    res = train(again, cfg, tiny_stream(), lambda m, i, e: pytest.fail("no validation left"), checkpoint=ck)
+    assert res.steps == 10 and res.resumed_from == 10
+    for k, v in first.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)

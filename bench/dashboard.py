@@ -1,0 +1,63 @@
+"""`python -m bench.dashboard study=<name> [key=value ...] [--port N] [--host H]`: optuna-dashboard
+on the study's storage (the same `storage=`/`out_dir=` overrides as `bench.run` pick it).
+
+Every trial of both stages is there as `<study>/<arch>` and `<study>/<arch>/final`, with its user
+attributes (architecture, sizes, parameter count, state size, tokens seen, wall time, validation
+metrics, memory estimate, pruning or failure reason). Serves on localhost by default.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench.config import ConfigError
+from bench.run import compose_config
+from bench.study import open_storage
+
+USAGE = "usage: python -m bench.dashboard study=<name> [key=value ...] [--port 8080] [--host 127.0.0.1]"
+
+
+def parse(argv: list[str]) -> tuple[list[str], str, int]:
+    """Split key=value overrides from --port/--host (also accepted as --port=N)."""
+    overrides, host, port = [], "127.0.0.1", 8080
+    args = iter(argv)
+    for a in args:
+        if a.startswith("--"):
+            key, _, value = a[2:].partition("=")
+            if key not in ("port", "host"):
+                raise ConfigError(f"unknown flag '{a}' ({USAGE})")
+            value = value or next(args, "")
+            if key == "host":
+                host = value
+            elif value.isdigit() and 0 < int(value) < 65536:
+                port = int(value)
+            else:
+                raise ConfigError(f"--port must be a number in 1..65535, got '{value}'")
+        else:
+            overrides.append(a)
+    return overrides, host, port
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    try:
+        overrides, host, port = parse(args)
+        cfg = compose_config(overrides)
+        if cfg.storage is None and not (cfg.output_dir / "optuna.db").exists():
+            raise ConfigError(f"study '{cfg.name}' has no storage yet ({cfg.output_dir / 'optuna.db'}); run it first")
+        storage = open_storage(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from optuna_dashboard import run_server  # imported late: --help and errors stay fast
+
+    print(f"optuna-dashboard for study {cfg.name} ({cfg.storage_url}) on http://{host}:{port}/", flush=True)
+    run_server(storage, host=host, port=port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+"""The study engine: a search stage and a final stage, identical for every architecture, on Optuna.
+
+Search: per architecture an Optuna study `<study>/<arch>`; every trial trains with the same seed
+(`search.seed`), data stream, validation sets and step budget, and is pruned on validation loss.
+Final: the best configuration of each architecture retrained on every seed of `seeds`, evaluated
+on the fixed test set; these runs live in a second Optuna study `<study>/<arch>/final`, so both
+stages share one mechanism for claiming work, heartbeats, retries and resumption.
+
+Work is claimed in slots: a search study has `search.n_trials` slots, a final study one per seed.
+A worker asks Optuna for a trial, then takes the first free slot in trial-number order (a retried
+trial inherits its slot through its user attributes); a trial left without a slot (another worker
+was faster) is closed as surplus and does not count. So any number of workers, started or killed
+at any time, on one machine or many, ends with exactly the configured counts.
+
+Faults: a running trial records a heartbeat; one silent for 3 heartbeats is failed by whichever
+worker looks next and re-queued with the same parameters and slot, and the retry resumes from the
+checkpoint its predecessor wrote at its last validation. A diverged (NaN/inf) or out-of-memory run
+is a finished, FAIL trial with its reason; an over-budget configuration is pruned before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.config import STUDY_MARKER, Config, ConfigError
+from bench.data import Curriculum, SequenceSet, TrainStream, make_test_set, validation_set
+from bench.memory import estimate, measured_bytes, model_on_meta
+from bench.metrics import continuation, evaluate, score_logits
+from bench.models import build_model
+from bench.search import defaults, iso_params, iso_target, suggest, trial_config
+from bench.seeding import derive_seed
+from bench.train import TrainingDiverged, distance_weighted_ce, train
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna warns that heartbeats are meant for Study.optimize; the Heartbeat class below records them for ask/tell.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MAX_RETRY = 3  # retries of a trial whose worker died; after that its slot goes to a fresh trial
+POLL_S = 1.0  # how often an idle worker looks for work that other workers still hold
+
+
+# ---------------------------------------------------------------- storage and slots
+
+
+def open_storage(cfg: Config) -> RDBStorage:
+    """The study's storage with heartbeats and stale-trial retries; ConfigError if unreachable."""
+    if cfg.storage is None:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(
+            cfg.storage_url, heartbeat_interval=cfg.heartbeat, grace_period=3 * cfg.heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY,
+                                                                            inherit_intermediate_values=True),
+            engine_kwargs={"pool_pre_ping": True} if not cfg.storage_url.startswith("sqlite") else None,
+        )
+    except Exception as e:  # SQLAlchemy's OperationalError, a missing driver, a bad URL
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"storage '{cfg.storage_url}' is unreachable: {first}") from None
+
+
+def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
+    """What must be equal for a stage's trials to be comparable: data, budget, model knobs, search
+    space and sizing. Counts (n_trials, seeds, workers) may grow between runs of one study; these may
+    not. The search stage's budget is search.steps, so a new final budget keeps the search."""
+    c = asdict(cfg)
+    keep = {k: c[k] for k in ("data", "train", "model", "iso", "iso_target", "memory_budget")}
+    keep["search"] = {k: v for k, v in c["search"].items() if k != "n_trials"}
+    if stage == "search":
+        keep["train"] = {**keep["train"], "steps": cfg.search.steps or cfg.train.steps}
+        keep["search"]["steps"] = None
+    return keep
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_study(storage: RDBStorage, cfg: Config, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or load `name`; refuse one that was run under a different configuration."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+                                sampler=sampler, pruner=pruner)
+    mine = fingerprint(cfg, "final" if name.endswith("/final") else "search")
+    digest = _digest(mine)
+    stored = study.user_attrs.get("config_digest")
+    if stored is None:
+        study.set_user_attr("config_digest", digest)
+        study.set_user_attr("config", json.dumps(mine, default=str))
+    elif stored != digest:
+        old = json.loads(study.user_attrs.get("config", "{}"))
+        new = json.loads(json.dumps(mine, default=str))
+        diff = sorted(_diff(old, new))
+        raise ConfigError(f"study '{name}' in {cfg.storage_url} was run with a different configuration "
+                          f"({', '.join(diff[:4]) or 'unknown keys'} differ); use another out_dir/storage or delete it")
+    return study
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def _is_live(t: FrozenTrial) -> bool:
+    """Counts towards the slots: anything but a trial failed by a dead worker or closed as surplus."""
+    if t.user_attrs.get("surplus"):
+        return False
+    if t.state == TrialState.FAIL:
+        return "failure_reason" in t.user_attrs  # our own recorded failures are finished trials
+    return True
+
+
+def is_finished(t: FrozenTrial) -> bool:
+    return _is_live(t) and t.state.is_finished()
+
+
+def slot_of(trials: list[FrozenTrial], number: int, n_slots: int) -> int | None:
+    """The slot trial `number` holds: retried trials keep theirs; fresh ones take the free slots in
+    trial-number order. Every worker computes the same answer from the same trials."""
+    live = [t for t in trials if _is_live(t)]
+    taken = {t.user_attrs["slot"] for t in live if "slot" in t.user_attrs}
+    mine = next(t for t in trials if t.number == number)
+    if "slot" in mine.user_attrs:
+        return mine.user_attrs["slot"]
+    free = iter(s for s in range(n_slots) if s not in taken)
+    for t in sorted((t for t in live if "slot" not in t.user_attrs), key=lambda t: t.number):
+        slot = next(free, None)
+        if t.number == number:
+            return slot
+    return None
+
+
+def claim(study: optuna.Study, n_slots: int) -> tuple[optuna.Trial, int] | None:
+    """Ask for a trial and give it a slot, or None when all `n_slots` are taken (finished or running)."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(_is_live(t) and t.state != TrialState.WAITING for t in trials) >= n_slots:
+        return None
+    trial = study.ask()
+    slot = slot_of(study.get_trials(deepcopy=False), trial.number, n_slots)
+    if slot is None:
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("slot", slot)
+    return trial, slot
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every `interval` seconds from a daemon thread while training."""
+
+    def __init__(self, storage: RDBStorage, trial: optuna.Trial, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial._trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+# ---------------------------------------------------------------- one trial
+
+
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError | MemoryError) or "out of memory" in msg \
+        or "can't allocate memory" in msg
+
+
+def first_line(e: BaseException) -> str:
+    msgs = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
+    return " / ".join(dict.fromkeys(msgs)) or type(e).__name__
+
+
+@dataclass
+class Context:
+    """What every trial of one worker shares: data, validation sets (identical for every
+    architecture of a seed), the test set, the device."""
+
+    cfg: Config
+    device: torch.device
+    curriculum: Curriculum
+    test: SequenceSet
+    val_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg: Config, device: torch.device) -> Context:
+        curriculum = cfg.curriculum()
+        test = make_test_set(curriculum.phases, cfg.data.length, cfg.data.test_per_family, cfg.data.eval_seed,
+                             curriculum.families)
+        return cls(cfg, device, curriculum, test)
+
+    def stream(self, seed: int) -> TrainStream:
+        d, t = self.cfg.data, self.cfg.train
+        return TrainStream(self.curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
+
+    def validator(self, seed: int) -> Callable[[torch.nn.Module, int, float], dict[str, float]]:
+        d, t = self.cfg.data, self.cfg.train
+
+        def validate(model: torch.nn.Module, index: int, epoch: float) -> dict[str, float]:
+            if (seed, index) not in self.val_cache:
+                fresh = validation_set(self.curriculum, d.length, seed, index, epoch, d.val_size)
+                self.val_cache[(seed, index)] = fresh.seqs.to(self.device)
+            seqs = self.val_cache[(seed, index)]
+            logits = model(seqs[:, :-1])
+            scores = {k: v.mean().item() for k, v in score_logits(logits, seqs[:, 1:]).items()}
+            return {"val_loss": distance_weighted_ce(logits, seqs[:, 1:], t.alpha, t.distance_weight).item(),
+                    "val_ce": scores["loss"], "val_accuracy": scores["accuracy"],
+                    "val_distance_error": scores["distance_error"]}
+
+        return validate
+
+
+def checkpoint_path(cfg: Config, study_name: str, trial: optuna.Trial) -> Path:
+    """One file per slot chain: a retried trial finds its predecessor's checkpoint."""
+    root = RetryHeartbeatStaleTrialCallback.retry_history(study_trial(trial))
+    number = root[0] if root else trial.number
+    path = cfg.output_dir / "checkpoints" / study_name.replace("/", "__") / f"trial-{number}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def study_trial(trial: optuna.Trial) -> FrozenTrial:
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
+              seed: int, steps: int, prune: bool) -> tuple[TrialState, float | None, dict[str, Any]]:
+    """Train `arch` with `params` on `seed` for `steps` steps inside `trial`; return its final state,
+    value (best validation loss) and the trained model's record (user attributes, history, model)."""
+    cfg = ctx.cfg
+    tcfg = trial_config(cfg, params)
+    tcfg = replace(tcfg, train=replace(tcfg.train, steps=steps))
+    mcfg = tcfg.model_config(arch)
+    meta = model_on_meta(mcfg)
+    est = estimate(meta, tcfg.train.batch_size, cfg.data.length - 1)
+    attrs: dict[str, Any] = {
+        "arch": arch, "seed": seed, "steps_budget": steps, **params,
+        "num_params": meta.num_params(), "state_size": meta.state_size(cfg.data.length),
+        "mem_estimate_gib": est.total_bytes / 2**30,
+    }
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    if est.total_bytes > cfg.memory_budget * 2**30:
+        reason = f"memory estimate {est} exceeds memory_budget {cfg.memory_budget} GiB"
+        trial.set_user_attr("pruned_reason", reason)
+        return TrialState.PRUNED, None, {"attrs": {**attrs, "pruned_reason": reason}}
+
+    torch.manual_seed(derive_seed("init", seed))  # the same initialisation stream for every architecture
+    model = build_model(mcfg).to(ctx.device)
+    stream = ctx.stream(seed)
+    attrs["impl"] = ",".join(sorted({str(getattr(b.mixer, "impl_used", "torch")) for b in model.blocks}))
+    attrs["mem_measured_gib"] = measured_bytes(model, stream.batch(0).to(ctx.device)) / 2**30
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+    seen: list[Any] = []  # the live TrainResult, so a pruned trial still reports its progress
+
+    def on_validation(res: Any) -> None:
+        seen[:] = [res]
+        last = res.history[-1]
+        trial.report(last["val_loss"], res.steps)
+        if prune and trial.should_prune():
+            raise optuna.TrialPruned(f"validation loss {last['val_loss']:.4f} at step {res.steps} "
+                                     f"is worse than the median of earlier trials")
+
+    ck = checkpoint_path(cfg, study.study_name, trial)
+    state, value = TrialState.COMPLETE, None
+    result = None
+    try:
+        result = train(model, tcfg.train, stream, ctx.validator(seed), ctx.curriculum.final_epoch(), ctx.device,
+                       cfg.progress, desc=f"{study.study_name} #{trial.number}", checkpoint=ck,
+                       on_validation=on_validation)
+        value = result.best_val
+    except optuna.TrialPruned as e:
+        state, attrs["pruned_reason"] = TrialState.PRUNED, str(e)
+    except Exception as e:
+        if not (isinstance(e, TrainingDiverged) or _is_oom(e)):
+            raise
+        state, attrs["failure_reason"] = TrialState.FAIL, first_line(e)
+        result = getattr(e, "result", None)
+    if ctx.device.type == "cuda":
+        attrs["mem_peak_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    result = result or (seen[0] if seen else None)
+    if result is not None:
+        attrs.update(steps=result.steps, tokens=result.tokens, wall_s=round(result.wall_s, 2),
+                     resumed_from=result.resumed_from, best_step=result.best_step,
+                     stopped_early=result.stopped_early)
+        if result.history:
+            attrs.update({k: v for k, v in result.history[-1].items() if k.startswith("val_")})
+    for k in ("impl", "mem_measured_gib", "mem_peak_gib", "pruned_reason", "failure_reason", "steps", "tokens",
+              "wall_s", "resumed_from", "best_step", "stopped_early", "val_loss", "val_ce", "val_accuracy",
+              "val_distance_error"):
+        if k in attrs:
+            trial.set_user_attr(k, attrs[k])
+    ck.unlink(missing_ok=True)
+    return state, value, {"attrs": attrs, "history": result.history if result else [], "model": model}
+
+
+# ---------------------------------------------------------------- the two stages
+
+
+def search_name(cfg: Config, arch: str) -> str:
+    return f"{cfg.name}/{arch}"
+
+
+def final_name(cfg: Config, arch: str) -> str:
+    return f"{cfg.name}/{arch}/final"
+
+
+def make_sampler(cfg: Config, arch: str, *salt: Any) -> optuna.samplers.BaseSampler:
+    """A TPE sampler seeded from the study, the architecture and `salt` (trials so far, worker): one
+    worker replays the same proposals on the same history; parallel workers propose different ones."""
+    return optuna.samplers.TPESampler(seed=derive_seed("tpe", cfg.search.seed, arch, *salt) % 2**32,
+                                      n_startup_trials=cfg.search.startup_trials)
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    if cfg.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=cfg.search.startup_trials,
+                                       n_warmup_steps=cfg.search.warmup_validations * cfg.train.val_every)
+
+
+def best_params(cfg: Config, storage: RDBStorage, arch: str) -> tuple[dict[str, Any], int | None]:
+    """The final stage's configuration of `arch`: its best completed search trial (and its number),
+    or the study's `model` sizes when there is no search; sized to the iso budget when asked."""
+    if cfg.search.n_trials == 0:
+        params = defaults(arch, cfg)
+        if cfg.iso != "none":
+            params = iso_params(cfg, arch, params, iso_target(cfg))
+        return params, None
+    study = load_study(storage, cfg, search_name(cfg, arch))
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_finished(t)]
+    if not done:
+        raise RuntimeError(f"{arch}: no search trial completed (all pruned or failed); see trials.parquet")
+    best = min(done, key=lambda t: (t.value, t.number))
+    keys = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")
+    return {k: best.user_attrs[k] for k in keys if k in best.user_attrs}, best.number
+
+
+def search_complete(study: optuna.Study, n: int) -> bool:
+    return sum(is_finished(t) for t in study.get_trials(deepcopy=False)) >= n
+
+
+def _final_dir(cfg: Config) -> Path:
+    return cfg.output_dir / "final"
+
+
+def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx: Context) -> None:
+    """One final run's outputs, each file written whole then renamed: run row, history and test scores
+    under out_dir/final/<arch>-seed<s>.*, weights in out_dir/models/<arch>-seed<s>.pt."""
+    out = _final_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{arch}-seed{seed}"
+    files: dict[str, Callable[[Path], None]] = {}
+    files[f"{stem}.history.parquet"] = lambda p: pd.DataFrame(record["history"]).assign(arch=arch, seed=seed) \
+        .to_parquet(p, index=False)
+    if record["attrs"].get("status") == "ok":
+        model = record["model"]
+        prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
+        scored = pd.concat([evaluate(model, ctx.test, cfg.eval.batch_size),
+                            continuation(model, ctx.test, prefix, cfg.eval.batch_size)], ignore_index=True)
+        files[f"{stem}.results.parquet"] = lambda p: scored.assign(arch=arch, seed=seed).to_parquet(p, index=False)
+        files[f"../models/{stem}.pt"] = lambda p: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p)
+    files[f"{stem}.run.json"] = lambda p: p.write_text(json.dumps(record["attrs"], default=str, indent=1))
+    (cfg.output_dir / "models").mkdir(exist_ok=True)
+    for name, write in files.items():  # run.json last: its presence means the rest is there
+        target = out / name
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, target)
+
+
+@dataclass
+class Worker:
+    """One process's share of a study: claim slots until every slot of every stage is finished."""
+
+    cfg: Config
+    device: torch.device
+    log: Callable[[str], None] = print
+    tag: str = "0"  # tells parallel workers' samplers apart
+    storage: RDBStorage = field(init=False)
+    ctx: Context = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = open_storage(self.cfg)
+        self.ctx = Context.build(self.cfg, self.device)
+        self.studies: dict[str, optuna.Study] = {}
+
+    def study(self, name: str, arch: str, search: bool) -> optuna.Study:
+        """The stage's study; a search study gets a sampler seeded afresh for each trial it asks."""
+        if name not in self.studies:
+            self.studies[name] = load_study(self.storage, self.cfg, name)
+        study = self.studies[name]
+        if search:
+            n = len(study.get_trials(deepcopy=False))
+            study = optuna.Study(name, self.storage, sampler=make_sampler(self.cfg, arch, n, self.tag),
+                                 pruner=make_pruner(self.cfg))
+        return study
+
+    def run(self) -> None:
+        cfg = self.cfg
+        stages = ("search", "final") if cfg.stage == "all" else (cfg.stage,)
+        while True:
+            busy = False  # some slot is still running in another worker
+            for stage in stages:
+                for arch in cfg.arch_list:
+                    outcome = self.try_one(stage, arch)
+                    if outcome == "ran":
+                        break
+                    busy |= outcome == "busy"
+                else:
+                    continue
+                break  # ran something: start over from the first stage and architecture
+            else:
+                if not busy:
+                    return
+                time.sleep(POLL_S)
+
+    def try_one(self, stage: str, arch: str) -> str:
+        """'ran' a slot, 'busy' (slots held by others, or waiting for the search), or 'done'."""
+        cfg = self.cfg
+        if stage == "search":
+            if cfg.search.n_trials == 0:
+                return "done"
+            study = self.study(search_name(cfg, arch), arch, search=True)
+            n = cfg.search.n_trials
+        else:
+            if cfg.search.n_trials and not search_complete(self.study(search_name(cfg, arch), arch, True),
+                                                           cfg.search.n_trials):
+                return "busy" if cfg.stage == "all" else "done"
+            study = self.study(final_name(cfg, arch), arch, search=False)
+            n = len(cfg.seeds)
+        optuna.storages.fail_stale_trials(study)
+        got = claim(study, n)
+        if got is None:
+            live = [t for t in study.get_trials(deepcopy=False) if _is_live(t)]
+            return "done" if sum(t.state.is_finished() for t in live) >= n else "busy"
+        trial, slot = got
+        with Heartbeat(self.storage, trial, cfg.heartbeat):
+            if stage == "search":
+                self.search_trial(study, trial, arch, slot)
+            else:
+                self.final_run(study, trial, arch, slot)
+        return "ran"
+
+    def search_trial(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
+        cfg = self.cfg
+        params = suggest(trial, arch, cfg)
+        if cfg.iso != "none":
+            try:
+                params = iso_params(cfg, arch, params, iso_target(cfg))
+            except ValueError as e:
+                trial.set_user_attr("pruned_reason", str(e))
+                study.tell(trial, state=TrialState.PRUNED)
+                self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: pruned ({e})")
+                return
+        steps = cfg.search.steps or cfg.train.steps
+        state, value, rec = run_trial(self.ctx, arch, study, trial, params, cfg.search.seed, steps, prune=True)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        why = rec["attrs"].get("pruned_reason") or rec["attrs"].get("failure_reason") or f"val_loss {value:.4f}"
+        self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: {state.name.lower()} ({why})")
+
+    def final_run(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
+        cfg = self.cfg
+        seed = cfg.seeds[slot]
+        params, source = best_params(cfg, self.storage, arch)
+        trial.set_user_attr("search_trial", source if source is not None else -1)
+        state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False)
+        attrs = rec["attrs"]
+        attrs.update(stage="final", search_trial=source, status="ok" if state == TrialState.COMPLETE else "failed",
+                     reason=attrs.get("failure_reason") or attrs.get("pruned_reason") or "", trial=trial.number,
+                     device=str(self.device))
+        _write_final(cfg, arch, seed, rec, self.ctx)
+        if state == TrialState.PRUNED:  # over the memory budget: nothing trained, recorded as failed
+            trial.set_user_attr("failure_reason", attrs["reason"])
+            state = TrialState.FAIL
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        acc = attrs.get("val_accuracy")
+        self.log(f"{study.study_name} seed {seed}: {attrs['status']}"
+                 + (f" (val accuracy {acc:.3f})" if acc is not None else f" ({attrs['reason']})"))
+
+
+def mark_study_dir(cfg: Config) -> None:
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.output_dir / STUDY_MARKER).touch()
+
+
+def worker_tag(cfg: Config, index: int) -> str:
+    """Local index; with a shared storage (possibly many machines) also the host and process."""
+    return f"{index}" if cfg.storage is None else f"{index}@{platform.node()}:{os.getpid()}"
+
+
+def worker_main(cfg: Config, device: str, index: int) -> None:
+    """Entry point of a spawned worker process."""
+    torch.set_num_threads(cfg.threads)
+    prefix = f"[worker {index}] "
+    Worker(cfg, torch.device(device), log=lambda m: print(prefix + m, flush=True), tag=worker_tag(cfg, index)).run()
+
+
+def progress(cfg: Config, storage: RDBStorage) -> tuple[int, int, dict[str, float]]:
+    """(finished slots, total slots, best search value per architecture) read from the storage."""
+    done, total, best = 0, 0, {}
+    names = optuna.get_all_study_names(storage)
+    for arch in cfg.arch_list:
+        for name, n in ((search_name(cfg, arch), cfg.search.n_trials), (final_name(cfg, arch), len(cfg.seeds))):
+            total += n
+            if name not in names or n == 0:
+                continue
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            done += min(n, sum(is_finished(t) for t in trials))
+            if name == search_name(cfg, arch):
+                values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+                if values:
+                    best[arch] = min(values)
+    return done, total, best
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

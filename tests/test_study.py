@@ -1,0 +1,311 @@
+"""The study engine: constraints by construction, memory pruning, identical data for every
+architecture, exact trial counts under kills and concurrency, failure records, the dashboard."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from bench import study as engine
+from bench.memory import model_on_meta
+from bench.models import mixer_names
+from bench.run import compose_config, main
+from bench.search import ISO_TOLERANCE, size_of, suggest, trial_config, used_hparams
+from bench.study import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
+        "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false",
+        "search.space.d_model=[16,32]", "search.space.d_state=[4,16]", "search.space.num_layers=[1,2]",
+        "search.steps=6"]
+
+
+def tiny(tmp_path: Path, *overrides: str):
+    return compose_config(["study=smoke", *TINY, f"out_dir={tmp_path / 'out'}", *overrides])
+
+
+def trials(cfg, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=cfg.storage_url).get_trials()
+
+
+class RandomTrial:
+    """Stands in for an Optuna trial: uniform draws, so thousands of them cost nothing."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_int(self, name, low, high):
+        return self.rng.randint(low, high)
+
+    def suggest_float(self, name, low, high, log=False):
+        return self.rng.uniform(low, high)
+
+    def suggest_categorical(self, name, choices):
+        return self.rng.choice(choices)
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@pytest.mark.parametrize("arch", mixer_names())
+def test_sampled_configurations_never_violate_the_constraints(arch):
+    cfg = compose_config(["study=smoke", "search.space.d_model=[8,256]", "search.space.d_state=[2,64]",
+                          "search.space.num_layers=[1,6]", "search.space.d_conv=[2,8]"])
+    rng, sp = random.Random(0), cfg.search.space
+    seen = set()
+    for _ in range(3000):
+        p = suggest(RandomTrial(rng), arch, cfg)
+        assert is_pow2(p["d_model"]) and sp.d_model[0] <= p["d_model"] <= sp.d_model[1]
+        assert sp.num_layers[0] <= p["num_layers"] <= sp.num_layers[1] and sp.lr[0] <= p["lr"] <= sp.lr[1]
+        assert set(p) - {"d_model", "num_layers", "lr"} == set(used_hparams(arch))  # only what the mixer uses
+        if "d_state" in p:
+            assert is_pow2(p["d_state"]) and sp.d_state[0] <= p["d_state"] <= min(sp.d_state[1], p["d_model"])
+        if "d_conv" in p:
+            assert is_pow2(p["d_conv"]) and sp.d_conv[0] <= p["d_conv"] <= sp.d_conv[1]
+        if "expand" in p:
+            assert p["expand"] in sp.expand
+        seen.add(tuple(sorted((k, v) for k, v in p.items() if k != "lr")))
+    for params in list(seen)[:40]:  # and each sampled configuration builds
+        model_on_meta(trial_config(cfg, dict(params)).model_config(arch))
+    # an Optuna study with TPE draws through the same code
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
+    for _ in range(30):
+        t = study.ask()
+        p = suggest(t, arch, cfg)
+        assert p.get("d_state", 0) <= p["d_model"] and is_pow2(p["d_model"])
+        study.tell(t, float(p["d_model"]))
+
+
+def test_a_memory_infeasible_configuration_is_pruned_without_training(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, "archs=[transformer]", "search.n_trials=2", "memory_budget=0.00001")
+    monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("an over-budget trial must not train"))
+    monkeypatch.setattr(engine, "build_model", lambda *a, **k: pytest.fail("nor allocate its model"))
+    Worker(replace(cfg, stage="search"), torch.device("cpu"), log=lambda m: None).run()
+    done = trials(cfg, "smoke/transformer")
+    assert [t.state for t in done] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all("exceeds memory_budget" in t.user_attrs["pruned_reason"] for t in done)
+    assert all(t.user_attrs["mem_estimate_gib"] > 0.00001 for t in done)
+
+
+def test_every_architecture_sees_byte_identical_batches_and_validation_sets(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, "archs=[transformer,lstm]", "search.n_trials=1", "seeds=[3]")
+    seen: dict[tuple[str, int], list[str]] = {}
+    real_train = engine.train
+
+    def spy(model, tcfg, stream, validate, *args, **kwargs):
+        arch = "transformer" if "Transformer" in repr(model) else "lstm"
+        digest = [hashlib.sha256(stream.batch(s).numpy().tobytes()).hexdigest() for s in range(tcfg.steps)]
+        seen[(arch, stream.seed)] = digest
+        return real_train(model, tcfg, stream, validate, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train", spy)
+    worker = Worker(cfg, torch.device("cpu"), log=lambda m: None)
+    worker.run()
+    assert seen[("transformer", 0)] == seen[("lstm", 0)]  # search: search.seed
+    assert seen[("transformer", 3)] == seen[("lstm", 3)]  # final: the seed
+    assert seen[("transformer", 0)] != seen[("transformer", 3)]
+    assert {s for (s, _) in worker.ctx.val_cache} == {0, 3}  # one validation cache shared by both archs
+
+
+def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, "archs=[transformer]", "search.n_trials=3")
+    real_build, calls = engine.build_model, []
+
+    def poisoned(mcfg):
+        model = real_build(mcfg)
+        calls.append(1)
+        if len(calls) == 2:  # the second search trial produces NaN logits
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(engine, "build_model", poisoned)
+    Worker(cfg, torch.device("cpu"), log=lambda m: None).run()
+    search = trials(cfg, "smoke/transformer")
+    states = [t.state.name for t in search]
+    assert states.count("FAIL") == 1 and len(search) == 3
+    failed = next(t for t in search if t.state.name == "FAIL")
+    assert "non-finite" in failed.user_attrs["failure_reason"]
+    assert len(trials(cfg, "smoke/transformer/final")) == 1  # the final stage still ran
+
+
+def test_rerunning_resumes_and_stops_at_exactly_the_configured_counts(tmp_path):
+    args = ["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={tmp_path / 'out'}"]
+    assert main(args) == 0
+    first = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert main(args) == 0  # nothing left to do: same trials, same results
+    again = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert len(again) == len(first) == 3
+    assert main([*args[:-2], "search.n_trials=3", args[-1]]) == 0  # a larger count adds exactly one trial
+    grown = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert (grown.stage == "search").sum() == 3 and (grown.stage == "final").sum() == 1
+
+
+def test_a_study_run_under_another_configuration_is_refused(tmp_path, capsys):
+    args = ["study=smoke", *TINY, "archs=[lstm]", f"out_dir={tmp_path / 'out'}"]
+    assert main(args) == 0
+    assert main([*args, "train.lr=0.05"]) == 2
+    assert "different configuration (train.lr differ)" in capsys.readouterr().err
+
+
+def test_unreachable_storage_is_a_one_line_error(tmp_path, capsys):
+    bad = "postgresql+psycopg2://nobody:x@127.0.0.1:9/none"
+    assert main(["study=smoke", *TINY, "archs=[lstm]", f"out_dir={tmp_path / 'out'}", f"storage={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: storage") and "unreachable" in err and len(err.splitlines()) == 1
+
+
+def run_bench(tmp_path: Path, *args: str, wait: bool = True, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "bench.run", *args]
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def counted(out: Path) -> pd.DataFrame:
+    t = pd.read_parquet(out / "trials.parquet")
+    return t[t.counted].groupby(["stage", "arch"]).size()
+
+
+def test_sigkill_mid_trial_then_the_same_command_finishes_exactly_with_nothing_lost(tmp_path):
+    out = tmp_path / "out"
+    args = ["study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=3", "search.steps=400",
+            "train.val_every=20", "train.steps=40", "heartbeat=1", f"out_dir={out}"]
+    proc = run_bench(tmp_path, *args, wait=False)
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once the second trial of transformer has a checkpoint
+        if ckpts.exists() and any(p.name == "trial-1.pt" for p in ckpts.rglob("*.pt")):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("no checkpoint appeared")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="smoke/transformer", storage=f"sqlite:///{out / 'optuna.db'}").get_trials()
+    completed_before = {t.number: t.value for t in before if t.state.name == "COMPLETE"}
+    assert completed_before and any(t.state.name == "RUNNING" for t in before)
+
+    done = run_bench(tmp_path, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pd.read_parquet(out / "trials.parquet")
+    assert counted(out).to_dict() == {("final", "lstm"): 1, ("final", "transformer"): 1,
+                                      ("search", "lstm"): 3, ("search", "transformer"): 3}
+    after = table[(table.arch == "transformer") & (table.stage == "search")].set_index("number")
+    for number, value in completed_before.items():  # completed trials kept, untouched
+        assert after.loc[number, "state"] == "COMPLETE" and after.loc[number, "value"] == value
+    retried = after[after.resumed_from > 0]
+    assert len(retried) == 1 and retried.iloc[0].resumed_from % 20 == 0  # resumed from its checkpoint
+    assert not list((out / "checkpoints").rglob("*.pt"))  # finished trials clean up their checkpoints
+
+
+def test_two_workers_on_sqlite_reach_the_exact_counts(tmp_path):
+    out = tmp_path / "out"
+    done = run_bench(tmp_path, "study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=5",
+                     "seeds=[0,1]", "workers=2", f"out_dir={out}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert counted(out).to_dict() == {("final", "lstm"): 2, ("final", "transformer"): 2,
+                                      ("search", "lstm"): 5, ("search", "transformer"): 5}
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs.seed) == [0, 0, 1, 1] and (runs.status == "ok").all()
+    assert {"[worker 0]", "[worker 1]"} <= {line.split("]")[0] + "]" for line in done.stdout.splitlines()
+                                            if line.startswith("[worker")}
+
+
+POSTGRES = os.environ.get("ARCHBENCH_TEST_POSTGRES", "postgresql+psycopg2://archbench:archbench@127.0.0.1:5432/archbench")
+
+
+def postgres_or_skip() -> str:
+    try:
+        engine.open_storage(compose_config(["study=smoke", f"storage={POSTGRES}"]))
+    except Exception as e:
+        pytest.skip(f"no PostgreSQL server reachable at {POSTGRES} ({str(e)[:120]}); .ci/run starts one")
+    return POSTGRES
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_reach_the_exact_counts(tmp_path):
+    url = postgres_or_skip()
+    for name in optuna.get_all_study_names(url):
+        if name.startswith("smoke/"):
+            optuna.delete_study(study_name=name, storage=url)
+    out = tmp_path / "out"
+    done = run_bench(tmp_path, "study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=4",
+                     "workers=2", f"storage={url}", f"out_dir={out}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert counted(out).to_dict() == {("final", "lstm"): 1, ("final", "transformer"): 1,
+                                      ("search", "lstm"): 4, ("search", "transformer"): 4}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_dashboard_serves_the_study(tmp_path):
+    out = tmp_path / "out"
+    assert main(["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=1", f"out_dir={out}"]) == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dashboard", "study=smoke", f"out_dir={out}", "--port",
+                             str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    listed = json.load(r)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("dashboard did not answer")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    names = {s["study_name"] for s in listed["study_summaries"]}
+    assert names == {"smoke/lstm", "smoke/lstm/final"}
+
+
+def test_dashboard_without_a_study_is_a_one_line_error(tmp_path, capsys):
+    from bench.dashboard import main as dashboard
+
+    assert dashboard(["study=smoke", f"out_dir={tmp_path / 'none'}"]) == 2
+    assert "run it first" in capsys.readouterr().err
+    assert dashboard(["study=smoke", "--port", "x"]) == 2
+
+
+@pytest.mark.parametrize("measure", ["params", "state"])
+def test_iso_sizes_land_within_10_percent_of_each_other(measure):
+    cfg = compose_config(["study=phase2", f"iso={measure}"])
+    target = engine.iso_target(cfg)
+    sizes = {}
+    for arch in cfg.arch_list:
+        params = engine.iso_params(cfg, arch, engine.defaults(arch, cfg), target)
+        sizes[arch] = size_of(trial_config(cfg, params), arch, measure)
+        assert abs(sizes[arch] - target) <= ISO_TOLERANCE * target, (arch, sizes[arch], target)
+    assert max(sizes.values()) <= 1.10 * min(sizes.values()), sizes
+
+
+def test_iso_final_runs_train_the_sized_models(tmp_path):
+    out = tmp_path / "out"
+    assert main(["study=smoke", *TINY, "archs=[transformer,lstm]", "iso=params", "iso_target=20000",
+                 f"out_dir={out}"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet").set_index("arch")
+    assert ((runs.num_params - 20000).abs() <= 2000).all(), runs.num_params
+    assert runs.loc["transformer", "d_model"] != runs.loc["lstm", "d_model"]
