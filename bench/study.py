@@ -454,9 +454,13 @@ class Worker:
             study = self.study(search_name(cfg, arch), arch, search=True)
             n = cfg.search.n_trials
         else:
-            if cfg.search.n_trials and not search_complete(self.study(search_name(cfg, arch), arch, True),
-                                                           cfg.search.n_trials):
-                return "busy" if cfg.stage == "all" else "done"
+            search = self.study(search_name(cfg, arch), arch, True) if cfg.search.n_trials else None
+            if search is not None and not search_complete(search, cfg.search.n_trials):
+                running = any(t.state == TrialState.RUNNING for t in search.get_trials(deepcopy=False))
+                if cfg.stage == "final" and not running:
+                    raise ConfigError(f"stage=final: the search of {arch} is unfinished and no worker is running "
+                                      f"it; run stage=search or stage=all first")
+                return "busy"
             study = self.study(final_name(cfg, arch), arch, search=False)
             n = len(cfg.seeds)
         optuna.storages.fail_stale_trials(study)

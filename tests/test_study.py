@@ -309,3 +309,14 @@ def test_iso_final_runs_train_the_sized_models(tmp_path):
     runs = pd.read_parquet(out / "runs.parquet").set_index("arch")
     assert ((runs.num_params - 20000).abs() <= 2000).all(), runs.num_params
     assert runs.loc["transformer", "d_model"] != runs.loc["lstm", "d_model"]
+
+
+def test_stage_search_then_stage_final(tmp_path, capsys):
+    args = ["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={tmp_path / 'out'}"]
+    assert main([*args, "stage=final"]) == 2
+    assert "the search of lstm is unfinished" in capsys.readouterr().err
+    assert main([*args, "stage=search"]) == 0
+    assert not (tmp_path / "out" / "results.parquet").exists()
+    assert main([*args, "stage=final"]) == 0
+    t = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert t.groupby("stage").size().to_dict() == {"final": 1, "search": 2}
