@@ -223,7 +223,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     if d.length < MIN_LENGTH:
         raise ConfigError(f"data.length must be at least {MIN_LENGTH}, got {d.length}")
     try:  # the curriculum checks phases, families and epochs itself
-        cfg.curriculum()
+        cfg.curriculum().validate_length(d.length)
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
     prefix = cfg.eval.continuation_prefix

@@ -46,24 +46,30 @@ def test_registry_lists_all_families_in_phase_order():
         "two_step", "three_step", "mixed_period",
         "fibonacci_mod", "double_every_third", "floor_geometric", "ceil_geometric",
         "alternating_signs", "even_odd", "rule_switch",
+        "lag_1", "lag_2", "lag_4", "lag_8", "lag_16", "lag_32", "lag_64",
     ]  # fmt: skip
-    assert PHASES == (1, 2, 3)
-    assert [len(families(p)) for p in PHASES] == [3, 9, 7] and len(families()) == 19
+    assert PHASES == (1, 2, 3, 4)
+    assert [len(families(p)) for p in PHASES] == [3, 9, 7, 7] and len(families()) == 26
     assert [f.phase for f in FAMILIES.values()] == sorted(f.phase for f in FAMILIES.values())
     assert {f.group for f in families(2)} == {"steps", "geometric", "periodic"}
     assert {f.group for f in families(3)} == {"composition", "transformation", "conditional"}
+    assert {f.group for f in families(4)} == {"memory"}
     assert get_family("even_odd").name == "even_odd"
     with pytest.raises(ValueError, match="unknown family 'fib' .*known: constant"):
         get_family("fib")
-    with pytest.raises(ValueError, match="unknown phase 4"):
-        families(4)
+    with pytest.raises(ValueError, match="unknown phase 5"):
+        families(5)
 
 
 # --- every family: generation and check() cross-validate each other ---------------------------------
 
 
-@pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+def supported(lengths: tuple[int, ...]) -> list[tuple[str, int]]:
+    """(family, length) for every family at each of `lengths` it supports (`lag_k` needs k + 2)."""
+    return [(name, n) for name in FAMILY_NAMES for n in lengths if n >= FAMILIES[name].min_length]
+
+
+@pytest.mark.parametrize(("name", "length"), supported(LENGTHS))
 def test_generated_terms_are_in_range_and_obey_the_rule(name, length):
     fam = FAMILIES[name]
     seqs, params = fam.generate(200, length, gen(1))
@@ -73,8 +79,7 @@ def test_generated_terms_are_in_range_and_obey_the_rule(name, length):
     assert fam.check(seqs, params).all()
 
 
-@pytest.mark.parametrize("length", LENGTHS[:3])
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize(("name", "length"), supported(LENGTHS[:3]))
 def test_check_rejects_one_corrupted_term(name, length):
     """+1 (mod 256) at a random position >= 2 of every row: each term is pinned by the rule, the
     parameters and the unchanged earlier terms, so every corrupted row must be flagged."""
@@ -89,9 +94,10 @@ def test_check_rejects_one_corrupted_term(name, length):
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_generation_is_deterministic_per_seed(name):
     fam = FAMILIES[name]
-    a, pa = fam.generate(64, 8, gen(5))
-    b, pb = fam.generate(64, 8, gen(5))
-    c, _ = fam.generate(64, 8, gen(6))
+    length = max(8, fam.min_length)
+    a, pa = fam.generate(64, length, gen(5))
+    b, pb = fam.generate(64, length, gen(5))
+    c, _ = fam.generate(64, length, gen(6))
     assert torch.equal(a, b) and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert not torch.equal(a, c)
 
@@ -238,7 +244,7 @@ def test_sample_per_row_epochs_and_restricted_families():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"phases": (4,)}, "unknown phase 4"),
+        ({"phases": (5,)}, "unknown phase 5"),
         ({"phases": ()}, "at least one phase"),
         ({"phases": (1, 1)}, "must not repeat"),
         ({"phases": (1,), "families": ("geometric",)}, "belongs to phase 2"),

@@ -26,7 +26,7 @@ def run_cli(tmp_path: Path, *overrides: str) -> Path:
 
 
 def test_studies_exist_and_compose():
-    assert {"smoke", "phase1", "phase2", "phase3", "curriculum"} <= set(study_names())
+    assert {"smoke", "phase1", "phase2", "phase3", "curriculum", "memory"} <= set(study_names())
     for name in study_names():
         cfg = compose_config([f"study={name}"])
         assert cfg.name == name and cfg.arch_list == mixer_names()

@@ -1,7 +1,8 @@
 """Integer-sequence families and the curriculum that mixes them.
 
-Families are grouped into the design's three phases (simple, nested, combined recurrences); every
-term is a class in 0..255. `FAMILY_NAMES` fixes each family's integer label.
+Families are grouped into the design's three phases (simple, nested, combined recurrences) and a
+fourth outside that curriculum (memory probes: x_t = x_{t-k}, `lag_1 .. lag_64`); every term is a
+class in 0..255. `FAMILY_NAMES` fixes each family's integer label.
 
     from bench.data import Curriculum, TrainStream, make_test_set
     stream = TrainStream(Curriculum(phases=(1, 2)), length=8, batch_size=64, seed=0, steps_per_epoch=100)

@@ -67,14 +67,16 @@ def positions(length: int) -> torch.Tensor:
 class Family(ABC):
     """A parameterised integer-sequence rule: sample parameters, build terms, verify terms.
 
-    Subclasses set `name` (the public label), `phase` (curriculum phase 1..3) and `group` (the
-    design's sub-heading) and implement the three abstract methods; parameters are dicts of
-    tensors with leading dimension n, one row per sequence.
+    Subclasses set `name` (the public label), `phase` (1..3: the design's curriculum phases; 4: the
+    memory probes) and `group` (the design's sub-heading) and implement the three abstract methods;
+    parameters are dicts of tensors with leading dimension n, one row per sequence. A family that
+    needs longer sequences than MIN_LENGTH sets a larger `min_length`, which `validate_length` enforces.
     """
 
     name: ClassVar[str]
     phase: ClassVar[int]
     group: ClassVar[str]
+    min_length: int = MIN_LENGTH
 
     @abstractmethod
     def sample_params(self, n: int, length: int, gen: torch.Generator) -> Params:
@@ -88,6 +90,12 @@ class Family(ABC):
     def follows_rule(self, seqs: torch.Tensor, params: Params) -> torch.Tensor:
         """BoolTensor (n,): every term obeys the recurrence given the parameters and earlier terms."""
 
+    def validate_length(self, length: int) -> None:
+        """Raise a one-line ValueError if this family cannot make sequences of `length` terms."""
+        check_length(length)
+        if length < self.min_length:
+            raise ValueError(f"family '{self.name}' needs sequence length >= {self.min_length}, got {length}")
+
     def check(self, seqs: torch.Tensor, params: Params) -> torch.Tensor:
         """BoolTensor (n,): the row is in 0..255 and obeys this family's rule."""
         in_range = ((seqs >= 0) & (seqs < VOCAB)).all(dim=1)
@@ -95,7 +103,7 @@ class Family(ABC):
 
     def generate(self, n: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, Params]:
         """n sequences (LongTensor (n, length)) and the parameters that produced them."""
-        check_length(length)
+        self.validate_length(length)
         if n < 0:
             raise ValueError(f"number of sequences must be non-negative, got {n}")
         params = self.sample_params(n, length, gen)

@@ -91,6 +91,14 @@ class Curriculum:
             raise ValueError(f"phase {phase} is not in this curriculum's phases {self.phases}")
         return [f for f in registry_families(phase) if self.families is None or f.name in self.families]
 
+    def validate_length(self, length: int) -> None:
+        """Raise a one-line ValueError if any family of this curriculum cannot make sequences of
+        `length` terms (e.g. `lag_64` needs 66); every sampler of the curriculum calls it first."""
+        check_length(length)
+        for p in self.phases:
+            for fam in self.phase_families(p):
+                fam.validate_length(length)
+
     def final_epoch(self) -> float:
         """The epoch from which the last phase is trained pure (0 for a single phase)."""
         return float((len(self.phases) - 1) * (self.phase_epochs + self.transition_epochs))
@@ -121,7 +129,7 @@ class Curriculum:
         Each row draws its phase from `phase_weights`, then a family uniformly within that phase; each
         family then generates all of its rows in one vectorised call. Rows keep their sampled order.
         """
-        check_length(length)
+        self.validate_length(length)
         if isinstance(epoch, torch.Tensor) and epoch.dim() > 0 and epoch.shape != (n,):
             raise ValueError(f"epoch must be a float or have shape ({n},), got {tuple(epoch.shape)}")
         weights = self.phase_weights(epoch).expand(n, len(self.phases))
@@ -158,7 +166,7 @@ class TrainStream:
         steps_per_epoch: int,
         chunk_batches: int = 64,
     ) -> None:
-        check_length(length)
+        curriculum.validate_length(length)
         for arg, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch),
                            ("chunk_batches", chunk_batches)):
             if value < 1:
@@ -217,6 +225,7 @@ def make_test_set(
     if per_family < 1:
         raise ValueError(f"per_family must be positive, got {per_family}")
     curriculum = Curriculum(phases=tuple(phases), families=tuple(families) if families else None)
+    curriculum.validate_length(length)
     parts = []
     for p in curriculum.phases:
         for fam in curriculum.phase_families(p):

@@ -1,11 +1,15 @@
-"""All sequence families, in phase order. A family's position in `FAMILY_NAMES` is its integer label."""
+"""All sequence families, in phase order. A family's position in `FAMILY_NAMES` is its integer label.
+
+Phases 1..3 are the design's curriculum; phase 4 holds the memory probes `lag_1 .. lag_64` (the
+`memory` study), registered last so the labels of the curriculum's families never change.
+"""
 
 from __future__ import annotations
 
-from bench.data import phase1, phase2, phase3
+from bench.data import memory, phase1, phase2, phase3
 from bench.data.base import Family
 
-PHASES = (1, 2, 3)
+PHASES = (1, 2, 3, 4)
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -29,6 +33,7 @@ FAMILIES: dict[str, Family] = {
         phase3.AlternatingSigns(),
         phase3.EvenOdd(),
         phase3.RuleSwitch(),
+        *(memory.Lag(k) for k in memory.LAGS),
     )
 }
 FAMILY_NAMES: list[str] = list(FAMILIES)
