@@ -148,12 +148,13 @@ def slot_of(trials: list[FrozenTrial], number: int, n_slots: int) -> int | None:
     return None
 
 
-def claim(study: optuna.Study, n_slots: int) -> tuple[optuna.Trial, int] | None:
+def claim(study: optuna.Study, storage: RDBStorage, n_slots: int) -> tuple[optuna.Trial, int] | None:
     """Ask for a trial and give it a slot, or None when all `n_slots` are taken (finished or running)."""
     trials = study.get_trials(deepcopy=False)
     if sum(_is_live(t) and t.state != TrialState.WAITING for t in trials) >= n_slots:
         return None
     trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # from now on a dead worker's trial goes stale, never hangs
     slot = slot_of(study.get_trials(deepcopy=False), trial.number, n_slots)
     if slot is None:
         trial.set_user_attr("surplus", True)
@@ -349,6 +350,10 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=cfg.search.warmup_validations * cfg.train.val_every)
 
 
+class NoConfiguration(RuntimeError):
+    """The search left nothing to retrain; the final runs are recorded as failed with this reason."""
+
+
 def best_params(cfg: Config, storage: RDBStorage, arch: str) -> tuple[dict[str, Any], int | None]:
     """The final stage's configuration of `arch`: its best completed search trial (and its number),
     or the study's `model` sizes when there is no search; sized to the iso budget when asked."""
@@ -360,7 +365,7 @@ def best_params(cfg: Config, storage: RDBStorage, arch: str) -> tuple[dict[str, 
     study = load_study(storage, cfg, search_name(cfg, arch))
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_finished(t)]
     if not done:
-        raise RuntimeError(f"{arch}: no search trial completed (all pruned or failed); see trials.parquet")
+        raise NoConfiguration(f"no search trial of {arch} completed (all pruned or failed, see trials.parquet)")
     best = min(done, key=lambda t: (t.value, t.number))
     keys = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")
     return {k: best.user_attrs[k] for k in keys if k in best.user_attrs}, best.number
@@ -464,7 +469,7 @@ class Worker:
             study = self.study(final_name(cfg, arch), arch, search=False)
             n = len(cfg.seeds)
         optuna.storages.fail_stale_trials(study)
-        got = claim(study, n)
+        got = claim(study, self.storage, n)
         if got is None:
             live = [t for t in study.get_trials(deepcopy=False) if _is_live(t)]
             return "done" if sum(t.state.is_finished() for t in live) >= n else "busy"
@@ -496,15 +501,20 @@ class Worker:
     def final_run(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
         cfg = self.cfg
         seed = cfg.seeds[slot]
-        params, source = best_params(cfg, self.storage, arch)
-        trial.set_user_attr("search_trial", source if source is not None else -1)
-        state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False)
+        try:
+            params, source = best_params(cfg, self.storage, arch)
+        except NoConfiguration as e:
+            rec = {"attrs": {"arch": arch, "seed": seed, "failure_reason": str(e)}, "history": []}
+            params, source, state, value = None, None, TrialState.FAIL, None
+        if params is not None:
+            trial.set_user_attr("search_trial", source if source is not None else -1)
+            state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False)
         attrs = rec["attrs"]
         attrs.update(stage="final", search_trial=source, status="ok" if state == TrialState.COMPLETE else "failed",
                      reason=attrs.get("failure_reason") or attrs.get("pruned_reason") or "", trial=trial.number,
                      device=str(self.device))
         _write_final(cfg, arch, seed, rec, self.ctx)
-        if state == TrialState.PRUNED:  # over the memory budget: nothing trained, recorded as failed
+        if state != TrialState.COMPLETE:  # diverged, over the memory budget, or nothing to retrain
             trial.set_user_attr("failure_reason", attrs["reason"])
             state = TrialState.FAIL
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)

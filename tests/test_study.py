@@ -320,3 +320,12 @@ def test_stage_search_then_stage_final(tmp_path, capsys):
     assert main([*args, "stage=final"]) == 0
     t = pd.read_parquet(tmp_path / "out" / "trials.parquet")
     assert t.groupby("stage").size().to_dict() == {"final": 1, "search": 2}
+
+
+def test_a_search_without_a_completed_trial_fails_its_final_runs_with_the_reason(tmp_path):
+    cfg = tiny(tmp_path, "archs=[lstm]", "search.n_trials=2", "memory_budget=0.00001")
+    Worker(cfg, torch.device("cpu"), log=lambda m: None).run()
+    (final,) = trials(cfg, "smoke/lstm/final")
+    assert final.state.name == "FAIL" and "no search trial of lstm completed" in final.user_attrs["failure_reason"]
+    run = json.loads((cfg.output_dir / "final" / "lstm-seed0.run.json").read_text())
+    assert run["status"] == "failed" and "no search trial" in run["reason"]

@@ -36,11 +36,19 @@ from typing import Any
 from torch import nn
 
 from bench.models.backbone import VOCAB, ModelConfig, ModelState, SequenceModel
+from bench.models.liquid_s4 import LiquidS4
 from bench.models.lstm import LSTMMixer
+from bench.models.s4d import S4D
+from bench.models.sgconv import SGConv
+from bench.models.stable_ssm import StableSSM
 from bench.models.transformer import Transformer
 
 MIXERS: dict[str, type[nn.Module]] = {
+    "liquid_s4": LiquidS4,
     "lstm": LSTMMixer,
+    "s4d": S4D,
+    "sgconv": SGConv,
+    "stable_ssm": StableSSM,
     "transformer": Transformer,
 }
 
