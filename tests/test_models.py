@@ -26,6 +26,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 PARAM_COUNTS = {
     "transformer": lambda d: 4 * d * d + 4 * d,
     "lstm": lambda d: 8 * d * d + 8 * d,
+    "mamba": lambda d: 3 * 2 * d * d + 2 * d * (4 + 3 * 16 + 2 * math.ceil(d / 16) + 3),  # E = 2d, N = 16, d_conv 4
     "stable_ssm": lambda d: 2 * d * d + d * (2 * 16 + 4),  # d_state N = 16 (the config default), bias off
     "sgconv": lambda d: 2 * d * d + 2 * d + 4 * d * 16 + d,  # S = 4 scales of k_d = d_state = 16, l_max = 128
     "s4d": lambda d: 2 * d * d + d * (2 * 16 + 4),  # 2H² + H(2N + 4), N = d_state = 16

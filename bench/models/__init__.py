@@ -38,6 +38,7 @@ from torch import nn
 from bench.models.backbone import VOCAB, ModelConfig, ModelState, SequenceModel
 from bench.models.liquid_s4 import LiquidS4
 from bench.models.lstm import LSTMMixer
+from bench.models.mamba import Mamba
 from bench.models.s4d import S4D
 from bench.models.sgconv import SGConv
 from bench.models.stable_ssm import StableSSM
@@ -46,6 +47,7 @@ from bench.models.transformer import Transformer
 MIXERS: dict[str, type[nn.Module]] = {
     "liquid_s4": LiquidS4,
     "lstm": LSTMMixer,
+    "mamba": Mamba,
     "s4d": S4D,
     "sgconv": SGConv,
     "stable_ssm": StableSSM,
