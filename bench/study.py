@@ -288,7 +288,7 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
         seen[:] = [res]
         last = res.history[-1]
         trial.report(last["val_loss"], res.steps)
-        if prune and trial.should_prune():
+        if prune and res.steps < steps and trial.should_prune():  # a trial at its last step is done, not pruned
             raise optuna.TrialPruned(f"validation loss {last['val_loss']:.4f} at step {res.steps} "
                                      f"is worse than the median of earlier trials")
 

@@ -329,3 +329,25 @@ def test_a_search_without_a_completed_trial_fails_its_final_runs_with_the_reason
     assert final.state.name == "FAIL" and "no search trial of lstm completed" in final.user_attrs["failure_reason"]
     run = json.loads((cfg.output_dir / "final" / "lstm-seed0.run.json").read_text())
     assert run["status"] == "failed" and "no search trial" in run["reason"]
+
+
+@pytest.mark.parametrize("worse_from", [2, 3])
+def test_trials_are_pruned_mid_budget_but_never_at_their_last_validation(tmp_path, monkeypatch, worse_from):
+    cfg = tiny(tmp_path, "archs=[lstm]", "search.n_trials=3", "search.steps=9", "search.startup_trials=1",
+               "search.warmup_validations=0", "stage=search")
+    calls = {"n": 0}
+
+    def validator(self, seed):
+        def validate(model, index, epoch):  # losses 3, 2, 1; trial k > 0 is k worse from validation `worse_from` on
+            calls["n"] += index == 1
+            k = calls["n"] - 1
+            return {"val_loss": 4.0 - index + k * (index >= worse_from)}
+        return validate
+
+    monkeypatch.setattr(engine.Context, "validator", validator)
+    Worker(cfg, torch.device("cpu"), log=lambda m: None).run()
+    done = trials(cfg, "smoke/lstm")
+    if worse_from == 2:  # worse at step 6 of 9: pruned there
+        assert [(t.state.name, t.user_attrs["steps"]) for t in done] == [("COMPLETE", 9), ("PRUNED", 6), ("PRUNED", 6)]
+    else:  # worse only at the last validation: the trial is finished, so it completes with its value
+        assert [(t.state.name, t.user_attrs["steps"]) for t in done] == [("COMPLETE", 9)] * 3
