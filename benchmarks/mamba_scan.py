@@ -32,14 +32,13 @@ def best_time(fn, args: tuple[torch.Tensor, ...], backward: bool, reps: int) -> 
 
 
 def chunks(batch: int, length: int, E: int, N: int) -> int:
-    """The number of chunks `_linear_scan_` uses for this shape on CPU (its rule, restated)."""
-    k = 1 if length <= mamba.SEQUENTIAL_MAX_LEN else math.isqrt(length)
-    return max(1, min(k, mamba.CPU_SLICE_FLOATS // (batch * E * N)))
+    """The number of chunks `_linear_scan_` uses for this shape on CPU."""
+    return mamba.n_chunks(length, batch * E * N, cuda=False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--d-state", type=int, default=16)

@@ -70,6 +70,14 @@ def sequential_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -
     return torch.stack(ys, dim=1), s
 
 
+def n_chunks(length: int, step_numel: int, cuda: bool) -> int:
+    """Chunks `_linear_scan_` splits a sequence into (see there); step_numel = B·E·N of one position."""
+    k = 1 if length <= SEQUENTIAL_MAX_LEN else math.isqrt(length)
+    if not cuda and length <= CPU_CAP_MAX_LEN:
+        k = max(1, min(k, CPU_SLICE_FLOATS // max(1, step_numel)))
+    return k
+
+
 def _linear_scan_(a: Tensor, h: Tensor, transpose: bool = False) -> Tensor:
     """In place on h, over dim 1: h_t = a_t ⊙ h_{t-1} + h_t for t = 1..L-1, the recurrence with inputs
     h and decays a, both (B, L, E, N), 0 <= a <= 1. transpose=True runs its adjoint backwards in time,
@@ -87,9 +95,7 @@ def _linear_scan_(a: Tensor, h: Tensor, transpose: bool = False) -> Tensor:
     sequence is never a loop over time. Sequences up to SEQUENTIAL_MAX_LEN are one chunk.
     """
     L = h.shape[1]
-    K = 1 if L <= SEQUENTIAL_MAX_LEN else math.isqrt(L)
-    if not h.is_cuda and L <= CPU_CAP_MAX_LEN:
-        K = max(1, min(K, CPU_SLICE_FLOATS // max(1, h[:, 0].numel())))
+    K = n_chunks(L, h[:, 0].numel(), h.is_cuda)
     T = L // K
     n = K * T
     lo = L - n if transpose else 0  # the chunked part [lo, lo + n); the tail is the rest
