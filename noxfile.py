@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s tests` (the default suite), `nox -s lint`.
+"""nox sessions: `nox -s tests` (the default suite), `nox -s lint`, `nox -s perf` (the benchmark).
 
 torch is installed first and pinned so that pip takes the local CPU build on CPU machines
 instead of resolving an unpinned torch to a multi-GB CUDA build.
@@ -22,3 +22,11 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", "bench", "tests", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def perf(session: nox.Session) -> None:
+    """python -m bench.perf: harness vs bare loop, data generation, decoding, memory -> reports/perf/."""
+    session.install(TORCH)
+    session.install("-e", ".")
+    session.run("python", "-m", "bench.perf", *session.posargs)

@@ -1,0 +1,225 @@
+"""`python -m bench.perf [--archs a b] [--sizes 64x8 256x64] [--seconds S] [--out reports/perf]`:
+how fast the suite trains, measured against what the hardware gives a minimal loop.
+
+Per architecture and size (d_model x sequence length), side by side in one process:
+* train steps/s and tokens/s of the harness (`bench.train.train`, as the study engine calls it);
+* harness / bare-loop step time, where the bare loop is a minimal hand-written PyTorch loop that
+  trains the same model from the same initial weights on the same pre-made batches (tests check
+  both reach identical weights, so the ratio compares like with like);
+* data generation rate (`TrainStream`, sequences/s) over the rate training consumes sequences;
+* cached decoding (prefill + step) speed-up over recomputing the prefix at every token;
+* memory: the estimate the study engine prunes with, against the measured activations + state.
+Bare loop and harness alternate in short rounds and the median round counts, so drift on a noisy
+machine hits both alike; absolute times are indicative only, the ratios are the product.
+Writes `<out>/README.md` (markdown table, machine, command) and prints the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench.config import TrainConfig
+from bench.data import Curriculum, TrainStream
+from bench.memory import estimate, measured_bytes
+from bench.models import ModelConfig, build_model, mixer_names
+from bench.train import distance_weighted_ce, make_optimizer, train
+
+DEFAULT_SIZES = ("64x8", "64x64", "64x256", "256x8", "256x64")
+BATCH = 64
+VAL_EVERY = 100  # the studies' validation cadence; the harness validates at it, as in a study
+VAL_SIZE = 100
+
+
+@dataclass
+class PremadeStream:
+    """Batches made before timing starts: both loops read the same tensors, generation excluded."""
+
+    batches: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.batches[0].shape[1]
+
+    def batch(self, step: int) -> torch.Tensor:
+        return self.batches[step % len(self.batches)]
+
+
+def make_model(arch: str, d_model: int, length: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(arch=arch, d_model=d_model, num_layers=2, d_state=16, max_len=length))
+
+
+def bare_loop(model: torch.nn.Module, cfg: TrainConfig, stream: PremadeStream, start: int = 0,
+              opt_sched: tuple | None = None) -> tuple:
+    """The minimal loop: forward, the design's loss, backward, clip, AdamW, schedule. Nothing else."""
+    opt, sched = opt_sched or make_optimizer(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(start, cfg.steps):
+        batch = stream.batch(step)
+        loss = distance_weighted_ce(model(batch[:, :-1]), batch[:, 1:], cfg.alpha, cfg.distance_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+    return opt, sched
+
+
+def _validator(length: int) -> Callable[[torch.nn.Module, int, float], dict[str, float]]:
+    seqs = TrainStream(Curriculum(phases=(1,)), length, VAL_SIZE, seed=99, steps_per_epoch=1).batch(0)
+
+    def validate(model: torch.nn.Module, index: int, epoch: float) -> dict[str, float]:
+        logits = model(seqs[:, :-1])
+        return {"val_loss": distance_weighted_ce(logits, seqs[:, 1:]).item()}
+
+    return validate
+
+
+def step_times(arch: str, d_model: int, length: int, seconds: float) -> tuple[float, float]:
+    """Median seconds per step of the harness and of the bare loop, in alternating rounds."""
+    stream = TrainStream(Curriculum(phases=(1,)), length, BATCH, seed=0, steps_per_epoch=VAL_EVERY)
+    probe = make_model(arch, d_model, length)
+    cfg = TrainConfig(steps=2, batch_size=BATCH, val_every=VAL_EVERY, early_stopping=False)
+    t0 = time.perf_counter()
+    bare_loop(probe, cfg, PremadeStream([stream.batch(0), stream.batch(1)]))
+    per_step = (time.perf_counter() - t0) / 2
+    steps = max(5, int(seconds / 6 / per_step))  # 3 rounds of harness + bare loop within `seconds`
+    if steps >= VAL_EVERY:
+        steps -= steps % VAL_EVERY  # whole validation periods, as in a study
+    premade = PremadeStream([stream.batch(s) for s in range(min(steps, 64))])
+    # fewer steps than a study's validation period: validate once at the end, which overweights
+    # validation, so the ratio can only err against the harness
+    cfg = TrainConfig(steps=steps, batch_size=BATCH, val_every=min(VAL_EVERY, steps), early_stopping=False)
+    validate = _validator(length)
+    harness, bare = [], []
+    for _ in range(3):
+        model = make_model(arch, d_model, length)
+        t0 = time.perf_counter()
+        train(model, cfg, premade, validate)
+        harness.append((time.perf_counter() - t0) / steps)
+        model = make_model(arch, d_model, length)
+        t0 = time.perf_counter()
+        bare_loop(model, cfg, premade)
+        bare.append((time.perf_counter() - t0) / steps)
+    return statistics.median(harness), statistics.median(bare)
+
+
+def generation_rate(length: int, seconds: float = 1.0) -> float:
+    """Training sequences generated per second by a fresh TrainStream (phases 1-3 mixed)."""
+    stream = TrainStream(Curriculum(phases=(1, 2, 3)), length, BATCH, seed=1, steps_per_epoch=VAL_EVERY)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        stream.batch(n)
+        n += 1
+    return n * BATCH / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def decode_speedup(arch: str, d_model: int, length: int) -> float:
+    """Greedy decoding of the second half of 8 sequences: recompute-the-prefix time / cached time."""
+    model = make_model(arch, d_model, length).eval()
+    prefix = torch.randint(0, 256, (8, max(1, length // 2)))
+    n_new = length - prefix.shape[1]
+    times = {}
+    for cached in (True, False):
+        t0 = time.perf_counter()
+        model.generate(prefix, n_new, cached=cached)
+        times[cached] = time.perf_counter() - t0
+    return times[False] / times[True]
+
+
+def memory(arch: str, d_model: int, length: int) -> tuple[float, float]:
+    """(estimate, measured) MiB of one training step at batch BATCH."""
+    model = make_model(arch, d_model, length)
+    batch = torch.randint(0, 256, (BATCH, length))
+    est = estimate(model, BATCH, length - 1).total_bytes
+    return est / 2**20, measured_bytes(model, batch) / 2**20
+
+
+def measure(archs: list[str], sizes: list[tuple[int, int]], seconds: float) -> pd.DataFrame:
+    rows = []
+    gen = {length: generation_rate(length) for length in sorted({s[1] for s in sizes})}
+    for d_model, length in sizes:
+        for arch in archs:
+            harness, bare = step_times(arch, d_model, length, seconds)
+            est, meas = memory(arch, d_model, length)
+            consumption = BATCH / harness
+            rows.append({
+                "arch": arch, "d_model": d_model, "L": length, "steps/s": 1 / harness,
+                "tokens/s": BATCH * (length - 1) / harness, "harness/bare": harness / bare,
+                "gen/consumption": gen[length] / consumption, "decode speed-up": decode_speedup(arch, d_model, length),
+                "mem estimate MiB": est, "mem measured MiB": meas,
+            })
+            print(_fmt(pd.DataFrame(rows[-1:])).splitlines()[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def _fmt(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".3g")
+
+
+def write_report(table: pd.DataFrame, out: Path, command: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = platform.processor() or platform.machine()
+    worst = table["harness/bare"].max()
+    text = f"""# Performance: harness against a bare loop
+
+Generated by `{command}` on {dt.datetime.now(dt.UTC).date()} ({platform.node()}, {cpu}, {os.cpu_count()} cpus,
+torch {torch.__version__}, {torch.get_num_threads()} thread, device cpu). Batch {BATCH}, 2 layers, d_state 16;
+the harness validates {VAL_SIZE} sequences every {VAL_EVERY} steps as the studies do.
+
+Targets: harness/bare ≤ 1.05 (worst here: {worst:.3f}); data generation ≥ 20 × consumption (lowest here:
+{table["gen/consumption"].min():.3g} ×). Absolute rates are indicative; ratios were measured side by side.
+
+{_fmt(table)}
+
+Columns: `harness/bare` is the median step time of `bench.train.train` over that of a minimal
+hand-written loop on the same pre-made batches and initial weights; `gen/consumption` is how many
+sequences per second `TrainStream` generates over how many the harness consumes; `decode speed-up`
+is greedy decoding of the second half of 8 sequences, recompute-the-prefix time over cached
+(prefill + step) time; memory is the study engine's estimate against autograd's saved activations
+plus 4 × parameters, for one step at batch {BATCH}.
+"""
+    path = out / "README.md"
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", nargs="+", default=mixer_names())
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="d_modelxL, e.g. 64x8")
+    parser.add_argument("--seconds", type=float, default=6.0, help="time per size and architecture")
+    parser.add_argument("--out", default="reports/perf")
+    args = parser.parse_args(argv)
+    unknown = [a for a in args.archs if a not in mixer_names()]
+    try:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+        if unknown or any(len(s) != 2 or min(s) < 3 for s in sizes):
+            raise ValueError
+    except ValueError:
+        print(f"error: sizes must look like 64x8 (d_model x L >= 3) and archs be registered "
+              f"({', '.join(mixer_names())})", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    table = measure(args.archs, sizes, args.seconds)
+    path = write_report(table, Path(args.out), "python -m bench.perf " + " ".join(argv or sys.argv[1:]))
+    print(_fmt(table))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
