@@ -59,9 +59,10 @@ def estimate(model: SequenceModel, batch_size: int, seq_len: int, bytes_per_floa
     return MemoryEstimate(params, param_bytes, activation_bytes, param_bytes + activation_bytes)
 
 
-def saved_bytes(module: nn.Module, *inputs: Tensor) -> int:
+def saved_bytes(module: nn.Module, *inputs: Tensor, with_loss: bool = False) -> int:
     """Bytes autograd keeps for backward in one forward of `module` (parameters excluded; tensors
-    sharing storage counted once). Runs the forward; cheap next to a training run."""
+    sharing storage counted once), plus the loss's log-softmax over the output when `with_loss`.
+    Runs the forward; cheap next to a training run."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[tuple, int] = {}
 
@@ -72,7 +73,7 @@ def saved_bytes(module: nn.Module, *inputs: Tensor) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(*inputs)
-        if out.shape[-1] == VOCAB:  # a whole model: include the loss's log-softmax, as training does
+        if with_loss:  # as training does: cross-entropy keeps the log-softmax of the logits
             torch.log_softmax(out.float(), dim=-1)
     return sum(saved.values())
 
@@ -80,4 +81,4 @@ def saved_bytes(module: nn.Module, *inputs: Tensor) -> int:
 def measured_bytes(model: SequenceModel, batch: Tensor) -> int:
     """Parameters x PARAM_COPIES plus the activations autograd saves on `batch` (B, L+1) of tokens."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return PARAM_COPIES * params + saved_bytes(model, batch[:, :-1])
+    return PARAM_COPIES * params + saved_bytes(model, batch[:, :-1], with_loss=True)

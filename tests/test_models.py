@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from bench.memory import saved_bytes
 from bench.models import MIXERS, build_mixer, build_model, mixer_names
 from bench.models.backbone import ModelConfig, SequenceModel
 from bench.models.transformer import apply_rope
@@ -221,29 +222,14 @@ def test_state_follows_parameter_dtype(arch):
         assert all(t.dtype == dtype for t in leaves(make_mixer(arch, dtype=dtype).init_state(2)))
 
 
-def saved_activation_floats(module: nn.Module, x: Tensor) -> float:
-    """Floats (in units of x's element size) that autograd keeps for backward in one forward of
-    `module` on x, per sequence; parameters and views of the same storage are counted once."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    saved: dict[tuple, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        if (t.is_floating_point() or t.is_complex()) and t.untyped_storage().data_ptr() not in params:
-            saved[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(saved.values()) / x.element_size() / x.shape[0]
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_activation_estimate_matches_what_autograd_saves(arch):
     """The memory estimate's per-mixer term is within 2x of the activations a float32 forward keeps."""
     for d, length in [(16, 8), (64, 64), (32, 256)]:
         mixer = make_mixer(arch, d, dtype=torch.float32)
         x = randn(2, length, d, dtype=torch.float32).requires_grad_()
-        measured, estimate = saved_activation_floats(mixer, x), mixer.activation_floats(length)
+        measured = saved_bytes(mixer, x) / x.element_size() / x.shape[0]  # floats per sequence
+        estimate = mixer.activation_floats(length)
         assert measured / 2 <= estimate <= 2 * measured, (d, length, estimate, measured)
 
 
