@@ -37,9 +37,10 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from bench.config import Config, ConfigError, validate
-from bench.data import SequenceSet, TrainStream, make_test_set, seen_in_training
+from bench.data import SequenceSet, TrainStream, seen_in_training
 from bench.metrics import ALL, METRICS, evaluate_baselines
 from bench.study import (
+    Context,
     Worker,
     final_name,
     first_line,
@@ -171,16 +172,13 @@ def _study_logger(cfg: Config, storage: Any) -> Callable[[str], None]:
 
 def collect(cfg: Config) -> dict[str, pd.DataFrame]:
     """The study's tables from what the stages stored: final runs' files and the search trials."""
-    curriculum = cfg.curriculum()
-    d, t = cfg.data, cfg.train
-    test = make_test_set(curriculum.phases, d.length, d.test_per_family, d.eval_seed, curriculum.families)
-    baselines = evaluate_baselines(test)
+    ctx = Context.build(cfg, torch.device("cpu"))  # the same test set and streams the workers used
+    baselines = evaluate_baselines(ctx.test)
     final = cfg.output_dir / "final"
     results, history, runs, overlap = [], [], [], []
     for seed in cfg.seeds:
         results.append(baselines.assign(seed=seed))
-        stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
-        overlap.append(test_overlap(test, stream, t.steps).assign(seed=seed))
+        overlap.append(test_overlap(ctx.test, ctx.stream(seed), cfg.train.steps).assign(seed=seed))
         for arch in cfg.arch_list:
             stem = final / f"{arch}-seed{seed}"
             run_file = stem.with_suffix(".run.json")
