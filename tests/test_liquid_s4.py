@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from mixer_checks import prefill_then_step
 from torch import Tensor
 
 from bench.config import TrainConfig
@@ -145,15 +146,7 @@ def test_step_matches_parallel_at_length_64(kind, degree, init, lcontract, dtype
     with torch.no_grad():
         y = m(x)
         for p in (0, 1, 2, 31, 63):
-            if p == 0:
-                ys, state = [], m.init_state(B)
-            else:
-                y_pre, state = m.forward_with_state(x[:, :p])
-                ys = [y_pre]
-            for t in range(p, length):
-                y_t, state = m.step(x[:, t], state)
-                ys.append(y_t[:, None])
-            err = (torch.cat(ys, 1) - y).abs().max().item()
+            err = (prefill_then_step(m, x, p)[0] - y).abs().max().item()
             assert err <= tol, f"prefill {p}: max error {err:.2e}"
 
 

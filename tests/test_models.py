@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_checks import prefill_then_step, step_through
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
@@ -66,15 +67,6 @@ def leaves(state) -> list[Tensor]:
     return []
 
 
-def step_through(mixer: nn.Module, x: Tensor, state) -> tuple[Tensor, object]:
-    """Step x (B, T, d) position by position -> (B, T, d) and the final state."""
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1), state
-
-
 # ---------------------------------------------------------------- G1-G8, every mixer
 
 
@@ -109,12 +101,7 @@ def test_step_matches_parallel(arch, dtype):  # G2
     mixer, x = make_mixer(arch, dtype=dtype), randn(B, L, D, dtype=dtype)
     y = mixer(x)
     for p in PREFILLS:
-        if p == 0:
-            y_pre, state = x.new_empty(B, 0, D), mixer.init_state(B)
-        else:
-            y_pre, state = mixer.forward_with_state(x[:, :p])
-        y_rest, _ = step_through(mixer, x[:, p:], state)
-        err = (torch.cat((y_pre, y_rest), dim=1) - y).abs().max().item()
+        err = (prefill_then_step(mixer, x, p)[0] - y).abs().max().item()
         assert err <= TOL[dtype], f"prefill {p}: max error {err:.2e}"
 
 

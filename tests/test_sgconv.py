@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from mixer_checks import prefill_then_step, step_through
 from torch import Tensor
 
 from bench.models import build_mixer, build_model
@@ -26,14 +27,6 @@ def make(dtype: torch.dtype = torch.float64, seed: int = 0, d: int = H, **kw) ->
 
 def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def step_through(mixer: SGConv, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1), state
 
 
 def upsample_linear(w: Tensor, r: int) -> Tensor:
@@ -161,9 +154,8 @@ def test_step_matches_parallel(kw, length, dtype):  # C5; the second case outgro
     mixer, x = make(dtype, **kw), randn(2, length, H, dtype=dtype)
     y = mixer(x)
     for p in (0, 1, 10, length // 2, length - 1):
-        y_pre, state = mixer.forward_with_state(x[:, :p]) if p else (x[:, :0], mixer.init_state(2))
-        y_rest, state = step_through(mixer, x[:, p:], state)
-        err = (torch.cat((y_pre, y_rest), dim=1) - y).abs().max().item()
+        y_all, state = prefill_then_step(mixer, x, p)
+        err = (y_all - y).abs().max().item()
         assert err <= TOL[dtype], f"prefill {p}: {err:.1e}"
         assert state.shape == (2, H, min(length, mixer.kernel_len - 1))  # the window, capped
         torch.testing.assert_close(state, x[:, length - state.shape[-1]:].transpose(1, 2), rtol=0, atol=0)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_checks import prefill_then_step, step_through
 from torch import Tensor
 
 from bench.models import build_mixer, build_model
@@ -28,14 +29,6 @@ def make(dtype: torch.dtype = torch.float64, seed: int = 0, **kw) -> StableSSM:
 
 def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def step_through(mixer: StableSSM, x: Tensor, state: Tensor) -> Tensor:
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1)
 
 
 def impulse_response(mixer: StableSSM, length: int) -> Tensor:
@@ -61,8 +54,7 @@ def test_step_matches_parallel_at_length_64(reparam, kw, dtype):
             mixer.kernel.b.copy_(randn(H, N // 2, 2, seed=5))
     y = mixer(x)
     for p in (0, 1, 31, 63):
-        y_pre, state = mixer.forward_with_state(x[:, :p]) if p else (x[:, :0], mixer.init_state(2))
-        err = (torch.cat((y_pre, step_through(mixer, x[:, p:], state)), dim=1) - y).abs().max().item()
+        err = (prefill_then_step(mixer, x, p)[0] - y).abs().max().item()
         assert err <= TOL[dtype], f"prefill {p}: {err:.1e}"
 
 
@@ -95,7 +87,7 @@ def test_bias_adds_the_response_to_a_constant_input():
 def test_parallel_mode_is_not_a_loop_over_time(monkeypatch):
     """At L = 512 forward equals stepping the recurrence, and never calls the step."""
     mixer, x = make(), randn(1, 512, H)
-    looped = step_through(mixer, x, mixer.init_state(1))
+    looped, _ = step_through(mixer, x, mixer.init_state(1))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("parallel mode called the recurrence")
