@@ -140,6 +140,10 @@ class Config:
     memory_budget: float = 8.0  # GiB: configurations estimated above it are pruned before training
     iso: str = "none"  # none | params | state: size every architecture's d_model to one budget (within 10 %)
     iso_target: int | None = None  # that budget; null = the median over architectures at `model`'s sizes
+    tracking: str = "wandb"  # wandb | none: one W&B run per trial and final run (offline unless configured)
+    wandb_project: str = "archbench"
+    report: bool = True  # write reports/<name>/ when the study ends (python -m bench.report does it on demand)
+    report_dir: str | None = None  # null = reports/<name>
 
     @property
     def arch_list(self) -> list[str]:
@@ -162,6 +166,10 @@ class Config:
     @property
     def output_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report_dir) if self.report_dir else Path("reports") / self.name
 
     @property
     def storage_url(self) -> str:
@@ -269,6 +277,8 @@ def _validate_search(cfg: Config) -> None:
     if cfg.iso_target is not None:
         _positive(**{"iso_target": cfg.iso_target})
     _positive(**{"workers": cfg.workers, "heartbeat": cfg.heartbeat, "memory_budget": cfg.memory_budget})
+    if cfg.tracking not in ("wandb", "none"):
+        raise ConfigError(f"tracking must be wandb or none, got '{cfg.tracking}'")
     if cfg.storage is not None and "://" not in cfg.storage:
         raise ConfigError(f"storage must be an Optuna RDB URL such as sqlite:///path.db or "
                           f"postgresql+psycopg2://user:pw@host/db, got '{cfg.storage}'")

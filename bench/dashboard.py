@@ -3,7 +3,9 @@ on the study's storage (the same `storage=`/`out_dir=` overrides as `bench.run` 
 
 Every trial of both stages is there as `<study>/<arch>` and `<study>/<arch>/final`, with its user
 attributes (architecture, sizes, parameter count, state size, tokens seen, wall time, validation
-metrics, memory estimate, pruning or failure reason). Serves on localhost by default.
+metrics, memory estimate, pruning or failure reason, W&B run id). The study's report
+(`reports/<study>/`) is attached to each study as its note and as artifacts (README and figures),
+served from `<out_dir>/artifacts`. Serves on localhost by default.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from optuna_dashboard import run_server  # imported late: --help and errors stay fast
 
     print(f"optuna-dashboard for study {cfg.name} ({cfg.storage_url}) on http://{host}:{port}/", flush=True)
-    run_server(storage, host=host, port=port)
+    from optuna.artifacts import FileSystemArtifactStore
+
+    artifacts = cfg.output_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    run_server(storage, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifacts)))
     return 0
 
 

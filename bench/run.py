@@ -4,7 +4,8 @@ Flow: compose + validate the config (Hydra override grammar, typed schema) -> th
 (`bench.study`: per-architecture Optuna search, then the best configuration retrained on every
 seed, in `workers` processes sharing the study's storage) -> collect what the stages stored into
 tidy tables in `runs/<study>/` (`results.parquet` with a `stage` column, `history.parquet`,
-`runs.parquet`, `trials.parquet`, `overlap.parquet`, `config.yaml`, `meta.yaml`) -> a summary.
+`runs.parquet`, `trials.parquet`, `overlap.parquet`, `decay.parquet`, `config.yaml`, `meta.yaml`)
+-> the report in `reports/<study>/` (`bench.report`) -> a summary.
 Rerunning the same command resumes where the study stopped.
 
 Bad input exits with code 2 and one `error: ...` line on stderr, before anything is written.
@@ -36,9 +37,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
+from bench.analysis import memory_decay
 from bench.config import Config, ConfigError, validate
 from bench.data import SequenceSet, TrainStream, seen_in_training
 from bench.metrics import ALL, METRICS, evaluate_baselines
+from bench.models import build_model
+from bench.search import SIZE_KEYS, model_config
 from bench.study import (
     Context,
     Worker,
@@ -196,7 +200,37 @@ def collect(cfg: Config) -> dict[str, pd.DataFrame]:
         "runs": _runs_table(runs, cfg.name),
         "trials": trials_table(cfg, storage),
         "overlap": pd.concat(overlap, ignore_index=True).assign(study=cfg.name),
+        "decay": decay_table(cfg, ctx.test, runs),
     }
+
+
+PROBE_SEQUENCES = 256  # test sequences the memory-decay probe averages over (spread over every family)
+
+
+def decay_table(cfg: Config, test: SequenceSet, runs: list[dict]) -> pd.DataFrame:
+    """Memory-decay curves (`bench.analysis.memory_decay`) of every final model that trained, probed
+    on the same test sequences. Each model's curve is computed once, from its stored weights, and
+    kept beside its results (final/<arch>-seed<s>.decay.parquet)."""
+    index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
+    tokens = test.seqs[index, :-1]  # the inputs; the probe reads the prediction of the last value
+    frames = []
+    for run in runs:
+        if run.get("status") != "ok":
+            continue
+        stem = f"{run['arch']}-seed{run['seed']}"
+        cached = cfg.output_dir / "final" / f"{stem}.decay.parquet"
+        weights = cfg.output_dir / "models" / f"{stem}.pt"
+        if not cached.exists() or cached.stat().st_mtime < weights.stat().st_mtime:
+            params = {k: run[k] for k in (*SIZE_KEYS, "lr") if run.get(k) is not None}
+            model = build_model(model_config(cfg, run["arch"], params))
+            model.load_state_dict(torch.load(weights, map_location="cpu"))
+            curve = memory_decay(model.eval(), tokens)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            curve.to_parquet(tmp, index=False)
+            os.replace(tmp, cached)
+        frames.append(pd.read_parquet(cached).assign(study=cfg.name, arch=run["arch"], seed=run["seed"]))
+    cols = ["study", "arch", "seed", "variant", "k", "value", "n"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
 RUN_COLUMNS = ["study", "stage", "arch", "seed", "status", "reason", "d_model", "num_layers", "d_state", "d_conv",
@@ -245,7 +279,19 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame] | None:
         "storage": cfg.storage_url,
     }
     write_outputs(cfg, tables, meta)
+    if cfg.report:
+        from bench.report import build_report  # matplotlib is imported only when a report is made
+
+        try:
+            print(f"wrote {build_report(cfg)}", flush=True)
+        except Exception as e:  # the tables are written: say so, and how to retry the report alone
+            raise ReportError(f"report not written ({first_line(e)}); the results are in {cfg.output_dir}, "
+                              f"retry with: python -m bench.report study={cfg.name}") from e
     return tables
+
+
+class ReportError(RuntimeError):
+    """The study finished and its tables are written, but its report could not be built."""
 
 
 def test_overlap(test: SequenceSet, stream: TrainStream, steps: int) -> pd.DataFrame:
@@ -338,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # storage unreachable, study run under another configuration
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if tables is None:
         print(f"search stage done; trials in {cfg.storage_url}")
         return 0

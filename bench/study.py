@@ -42,10 +42,11 @@ from optuna.trial import FrozenTrial, TrialState
 from bench.config import STUDY_MARKER, Config, ConfigError
 from bench.data import Curriculum, SequenceSet, TrainStream, make_test_set, validation_set
 from bench.memory import estimate, measured_bytes, model_on_meta
-from bench.metrics import continuation, evaluate, score_logits
+from bench.metrics import ALL, continuation, evaluate, score_logits
 from bench.models import build_model
 from bench.search import defaults, iso_params, iso_target, suggest, trial_config
 from bench.seeding import derive_seed
+from bench.tracking import NullRun, WandbRun, start_run
 from bench.train import TrainingDiverged, distance_weighted_ce, train
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -253,9 +254,12 @@ def study_trial(trial: optuna.Trial) -> FrozenTrial:
 
 
 def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
-              seed: int, steps: int, prune: bool) -> tuple[TrialState, float | None, dict[str, Any]]:
+              seed: int, steps: int, prune: bool, run: NullRun | WandbRun | None = None,
+              ) -> tuple[TrialState, float | None, dict[str, Any]]:
     """Train `arch` with `params` on `seed` for `steps` steps inside `trial`; return its final state,
-    value (best validation loss) and the trained model's record (user attributes, history, model)."""
+    value (best validation loss) and the trained model's record (user attributes, history, model).
+    Each validation is also logged to the tracking `run`, against tokens seen."""
+    run = run or NullRun()
     cfg = ctx.cfg
     tcfg = trial_config(cfg, params)
     tcfg = replace(tcfg, train=replace(tcfg.train, steps=steps))
@@ -287,6 +291,7 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
     def on_validation(res: Any) -> None:
         seen[:] = [res]
         last = res.history[-1]
+        run.log(last)
         trial.report(last["val_loss"], res.steps)
         if prune and res.steps < steps and trial.should_prune():  # a trial at its last step is done, not pruned
             raise optuna.TrialPruned(f"validation loss {last['val_loss']:.4f} at step {res.steps} "
@@ -379,9 +384,10 @@ def _final_dir(cfg: Config) -> Path:
     return cfg.output_dir / "final"
 
 
-def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx: Context) -> None:
+def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx: Context) -> dict[str, float]:
     """One final run's outputs, each file written whole then renamed: run row, history and test scores
-    under out_dir/final/<arch>-seed<s>.*, weights in out_dir/models/<arch>-seed<s>.pt."""
+    under out_dir/final/<arch>-seed<s>.*, weights in out_dir/models/<arch>-seed<s>.pt. Returns the
+    study-level test scores ({"test_accuracy": ...}; empty for a failed run)."""
     out = _final_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{arch}-seed{seed}"
@@ -395,6 +401,10 @@ def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx:
                             continuation(model, ctx.test, prefix, cfg.eval.batch_size)], ignore_index=True)
         files[f"{stem}.results.parquet"] = lambda p: scored.assign(arch=arch, seed=seed).to_parquet(p, index=False)
         files[f"../models/{stem}.pt"] = lambda p: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p)
+        top = scored[scored["phase"].isna() & (scored["family"] == ALL) & scored["position"].isna()]
+        test = {f"test_{m}": float(v) for m, v in zip(top["metric"], top["value"], strict=True)}
+    else:
+        test = {}
     files[f"{stem}.run.json"] = lambda p: p.write_text(json.dumps(record["attrs"], default=str, indent=1))
     (cfg.output_dir / "models").mkdir(exist_ok=True)
     for name, write in files.items():  # run.json last: its presence means the rest is there
@@ -402,6 +412,7 @@ def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         write(tmp)
         os.replace(tmp, target)
+    return test
 
 
 @dataclass
@@ -481,6 +492,21 @@ class Worker:
                 self.final_run(study, trial, arch, slot)
         return "ran"
 
+    def tracked(self, stage: str, arch: str, trial: optuna.Trial, seed: int,
+                params: dict[str, Any]) -> NullRun | WandbRun:
+        """The trial's tracking run, its id stored in the trial's attributes."""
+        cfg = self.cfg
+        name = f"{arch}-seed{seed}" if stage == "final" else f"{arch}-t{trial.number}"
+        config = {"study": cfg.name, "stage": stage, "arch": arch, "seed": seed, "trial": trial.number, **params,
+                  "model": asdict(trial_config(cfg, params).model_config(arch)), "train": asdict(cfg.train),
+                  "data": asdict(cfg.data)}
+        run = start_run(cfg.tracking, out_dir=cfg.output_dir, project=cfg.wandb_project, study=cfg.name,
+                        name=f"{cfg.name}/{name}", stage=stage, arch=arch,
+                        tags=[f"phase{p}" for p in cfg.data.phases], config=config)
+        if run.id:
+            trial.set_user_attr("wandb_run_id", run.id)
+        return run
+
     def search_trial(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
         cfg = self.cfg
         params = suggest(trial, arch, cfg)
@@ -493,9 +519,13 @@ class Worker:
                 self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: pruned ({e})")
                 return
         steps = cfg.search.steps or cfg.train.steps
-        state, value, rec = run_trial(self.ctx, arch, study, trial, params, cfg.search.seed, steps, prune=True)
+        run = self.tracked("search", arch, trial, cfg.search.seed, params)
+        state, value, rec = run_trial(self.ctx, arch, study, trial, params, cfg.search.seed, steps, prune=True,
+                                      run=run)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         why = rec["attrs"].get("pruned_reason") or rec["attrs"].get("failure_reason") or f"val_loss {value:.4f}"
+        run.finish({**rec["attrs"], "state": state.name.lower(), "value": value},
+                    failure=rec["attrs"].get("failure_reason"))
         self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: {state.name.lower()} ({why})")
 
     def final_run(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
@@ -506,14 +536,18 @@ class Worker:
         except NoConfiguration as e:
             rec = {"attrs": {"arch": arch, "seed": seed, "failure_reason": str(e)}, "history": []}
             params, source, state, value = None, None, TrialState.FAIL, None
+        run: NullRun | WandbRun = NullRun()
         if params is not None:
             trial.set_user_attr("search_trial", source if source is not None else -1)
-            state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False)
+            run = self.tracked("final", arch, trial, seed, params)
+            state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False,
+                                          run=run)
         attrs = rec["attrs"]
         attrs.update(stage="final", search_trial=source, status="ok" if state == TrialState.COMPLETE else "failed",
                      reason=attrs.get("failure_reason") or attrs.get("pruned_reason") or "", trial=trial.number,
                      device=str(self.device))
-        _write_final(cfg, arch, seed, rec, self.ctx)
+        test = _write_final(cfg, arch, seed, rec, self.ctx)
+        run.finish({**attrs, **test}, failure=attrs["reason"] or None)
         if state != TrialState.COMPLETE:  # diverged, over the memory budget, or nothing to retrain
             trial.set_user_attr("failure_reason", attrs["reason"])
             state = TrialState.FAIL

@@ -16,7 +16,7 @@ from bench.run import compose_config, main, study_names
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
         "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false", "workers=1",
         "search.n_trials=0", "search.steps=6", "search.space.d_model=[16,32]", "search.space.d_state=[4,16]",
-        "search.space.num_layers=[1,2]"]
+        "search.space.num_layers=[1,2]", "report=false"]
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> Path:
@@ -187,3 +187,24 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
     assert main(["study=smoke", "device=cuda", f"out_dir={tmp_path / 'o'}"]) == 2
     assert capsys.readouterr().err.strip() == "error: device 'cuda' requested but CUDA is not available"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_study_writes_its_report_when_it_ends_and_a_report_failure_keeps_the_results(tmp_path, monkeypatch,
+                                                                                          capsys):
+    args = ["study=smoke", *TINY, "archs=[lstm]", "report=true"]
+    out = run_cli(tmp_path, *args)
+    readme = tmp_path / "reports" / "smoke" / "README.md"  # reports/<study>, relative to where it ran
+    assert readme.exists() and "lstm" in readme.read_text()
+    assert (out / "decay.parquet").exists() and len(pd.read_parquet(out / "decay.parquet"))
+
+    import bench.report
+
+    def broken(cfg):
+        raise ValueError("no figures today")
+
+    monkeypatch.setattr(bench.report, "build_report", broken)
+    capsys.readouterr()
+    assert main([*args, f"out_dir={out}"]) == 1  # resumed (nothing to train), tables rewritten, report fails
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no figures today" in err[0] and "python -m bench.report study=smoke" in err[0]
+    assert (out / "results.parquet").exists()

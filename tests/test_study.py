@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
         "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false",
         "search.space.d_model=[16,32]", "search.space.d_state=[4,16]", "search.space.num_layers=[1,2]",
-        "search.steps=6"]
+        "search.steps=6", "report=false"]
 
 
 def tiny(tmp_path: Path, *overrides: str):

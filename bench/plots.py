@@ -1,0 +1,239 @@
+"""The report's figures (matplotlib, Agg): one function per figure, each drawing from tidy tables
+that `bench.report` computes and writing one PNG.
+
+Every architecture keeps one colour in every figure of every report (`arch_color`): the registry's
+names have fixed places in `ARCH_ORDER`, and a mixer added later takes the next free colour, so no
+existing colour ever moves. Baselines are drawn in black and greys with their own line styles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+
+from bench.models import mixer_names  # noqa: E402
+
+ARCH_ORDER = ("liquid_s4", "lstm", "mamba", "s4d", "sgconv", "stable_ssm", "transformer")  # fixed colour slots
+PALETTE = ("#9467bd", "#ff7f0e", "#2ca02c", "#d62728", "#e377c2", "#8c564b", "#1f77b4",  # tab10 without grey
+           "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
+BASELINE_STYLE = {  # name -> (label, colour, line style)
+    "baseline_uniform": ("uniform guess", "black", ":"),
+    "baseline_last_value": ("last value", "#555555", "--"),
+    "baseline_extrapolate": ("extrapolate", "#999999", "-."),
+}
+DPI = 120
+
+
+def arch_color(arch: str) -> str:
+    """The architecture's colour, the same in every figure and report (unknown names: a stable grey-free slot)."""
+    order = [*ARCH_ORDER, *sorted(set(mixer_names()) - set(ARCH_ORDER))]
+    if arch not in order:
+        order.append(arch)
+    return PALETTE[order.index(arch) % len(PALETTE)]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _baseline_lines(ax: plt.Axes, values: dict[str, float], vertical: bool) -> None:
+    for name, value in values.items():
+        if name not in BASELINE_STYLE or value is None or not np.isfinite(value):
+            continue
+        label, color, style = BASELINE_STYLE[name]
+        line = ax.axvline if vertical else ax.axhline
+        line(value, color=color, linestyle=style, linewidth=1.2, label=f"baseline: {label}")
+
+
+def overall(summary: pd.DataFrame, baselines: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """(a) Accuracy and distance error per architecture, mean over seeds with 95 % intervals, and
+    the baselines as lines. `summary`: arch, metric, mean, half (NaN: no interval); `baselines`:
+    arch, metric, mean."""
+    panels = [("accuracy", "test accuracy (%)", 100.0), ("distance_error", "mean |prediction − target| (values)", 1.0)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.8), sharey=True)
+    y = np.arange(len(order))[::-1]
+    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+        rows = summary[summary.metric == metric].set_index("arch").reindex(order)
+        err = (rows["half"].fillna(0) * scale).to_numpy()
+        ax.barh(y, rows["mean"].to_numpy() * scale, xerr=err, color=[arch_color(a) for a in order],
+                error_kw={"capsize": 3, "elinewidth": 1}, height=0.7)
+        base = baselines[baselines.metric == metric].set_index("arch")["mean"] * scale
+        _baseline_lines(ax, base.to_dict(), vertical=True)
+        ax.set_xlabel(label)
+        ax.set_title({"accuracy": "Accuracy (higher is better)", "distance_error": "Distance error (lower is better)"}
+                     [metric])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, order)
+    axes[0].set_ylabel("architecture")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Test scores over seeds (bars: mean, whiskers: 95 % Student-t interval)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(fig, path)
+
+
+def family_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
+    """(b) Accuracy (%) per architecture (rows, baselines last) and family (columns), annotated."""
+    values = matrix.to_numpy(dtype=float) * 100
+    fig, ax = plt.subplots(figsize=(1.0 * matrix.shape[1] + 3, 0.5 * matrix.shape[0] + 2))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] < 60 else "black")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=40, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), [str(r).replace("baseline_", "baseline: ") for r in matrix.index])
+    for tick, name in zip(ax.get_yticklabels(), matrix.index, strict=True):
+        tick.set_color(arch_color(name) if name in set(mixer_names()) else "#444444")
+    ax.set_xlabel("family")
+    ax.set_ylabel("architecture")
+    ax.set_title("Test accuracy (%) per family, mean over seeds")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def learning_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """(c) Validation accuracy and cross-entropy against tokens seen: mean over seeds, band min–max."""
+    loss = "val_ce" if (history.metric == "val_ce").any() else "val_loss"
+    panels = [("val_accuracy", "validation accuracy (%)", 100.0),
+              (loss, "validation cross-entropy (nats)" if loss == "val_ce" else "validation loss (nats)", 1.0)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+        for arch in order:
+            h = history[(history.arch == arch) & (history.metric == metric)]
+            if h.empty:
+                continue
+            g = h.groupby("tokens")["value"].agg(["mean", "min", "max", "size"]).reset_index()
+            n_seeds = h.seed.nunique()
+            ax.plot(g["tokens"], g["mean"] * scale, color=arch_color(arch), label=f"{arch} ({n_seeds} seeds)")
+            if n_seeds > 1:
+                ax.fill_between(g["tokens"], g["min"] * scale, g["max"] * scale, color=arch_color(arch), alpha=0.15)
+        ax.set_xlabel("training tokens seen")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Validation accuracy (band: min–max over seeds)")
+    axes[1].set_title("Validation loss (band: min–max over seeds)")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def memory_decay(curves: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """(d) Memory-decay curves (`bench.analysis.memory_decay`; arch, variant, k, value, mean over seeds):
+    value against steps back k, log y, one panel per variant; non-positive values cannot be drawn on a
+    log axis and are left out."""
+    variants = ([v for v in ("gradient", "perturbation") if (curves.variant == v).any()]
+                or sorted(curves.variant.unique()))
+    titles = {"gradient": "Gradient: ‖∂ prediction of x_T / ∂ embedding of x_(T−k)‖",
+              "perturbation": "Perturbation: change of the prediction of x_T\nwhen x_(T−k) is replaced"}
+    ylabels = {"gradient": "gradient norm (Frobenius, log scale)",
+               "perturbation": "total-variation distance (0–1, log scale)"}
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        for arch in order:
+            c = curves[(curves.arch == arch) & (curves.variant == variant) & (curves.value > 0)].sort_values("k")
+            if not c.empty:
+                ax.plot(c["k"], c["value"], marker="o" if len(c) <= 20 else None, markersize=3,
+                        color=arch_color(arch), label=arch)
+        ax.set_yscale("log")
+        if curves.k.max() > 16:
+            ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(max(1, curves.k.min()), curves.k.max())
+        ax.set_xlabel("k: steps back from the predicted value (1 = the last input)")
+        ax.set_ylabel(ylabels.get(variant, f"{variant} (log scale)"))
+        ax.set_title(titles.get(variant, variant), fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Memory decay: dependence of the last prediction on the input k steps back "
+                 "(mean over test sequences and seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def lag_accuracy(lag: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """(d) Accuracy against lag k on the lag_k families (predictable positions only): arch, k, mean,
+    half; baselines (arch baseline_*) dashed in greys."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arch in [*order, *BASELINE_STYLE]:
+        c = lag[lag.arch == arch].sort_values("k")
+        if c.empty:
+            continue
+        if arch in BASELINE_STYLE:
+            label, color, style = BASELINE_STYLE[arch]
+            ax.plot(c["k"], c["mean"] * 100, color=color, linestyle=style, label=f"baseline: {label}")
+            continue
+        ax.plot(c["k"], c["mean"] * 100, color=arch_color(arch), marker="o", markersize=4, label=arch)
+        if c["half"].notna().any():  # the interval as a band, clipped to what accuracy can be
+            lo, hi = (c["mean"] - c["half"]).clip(0, 1), (c["mean"] + c["half"]).clip(0, 1)
+            ax.fill_between(c["k"], lo * 100, hi * 100, color=arch_color(arch), alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ks = sorted(lag.k.unique())
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("lag k (x_t = x_{t−k})")
+    ax.set_ylabel("test accuracy on predictable positions (%)")
+    ax.set_title("Recall at lag k (targets t ≥ k; band: 95 % interval over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pareto(points: pd.DataFrame, front: list[str], trials: pd.DataFrame, path: Path) -> Path:
+    """(e) Test accuracy against parameter count (final runs: arch, num_params, mean, half), the
+    Pareto front through `front`, and search trials (arch, num_params, val_accuracy) as faint points."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for arch, t in trials.groupby("arch"):
+        ax.scatter(t["num_params"], t["val_accuracy"] * 100, color=arch_color(str(arch)), alpha=0.25, marker="x", s=20)
+    if len(trials):
+        ax.scatter([], [], color="grey", alpha=0.4, marker="x", label="search trials (validation accuracy)")
+    for _, p in points.iterrows():
+        ax.errorbar(p["num_params"], p["mean"] * 100, yerr=0 if pd.isna(p["half"]) else p["half"] * 100,
+                    color=arch_color(p["arch"]), marker="o", markersize=8, capsize=3, label=p["arch"])
+    f = points.set_index("arch").loc[front].sort_values("num_params")
+    ax.step(f["num_params"], f["mean"] * 100, where="post", color="black", linewidth=1, alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(EngFormatter(sep=""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy against size (final runs: test accuracy, mean ± 95 %)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def importances(values: dict[str, dict[str, float]], path: Path) -> Path:
+    """(f) Optuna (PED-ANOVA) hyperparameter importances per architecture, one panel each."""
+    archs = list(values)
+    cols = min(4, len(archs))
+    rows = -(-len(archs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, arch in zip(axes.flat, archs, strict=False):
+        imp = sorted(values[arch].items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in imp], [v for _, v in imp], color=arch_color(arch))
+        ax.set_xlim(0, 1)
+        ax.set_title(arch, color=arch_color(arch))
+        ax.set_xlabel("importance (normalised, sums to 1)")
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(archs):]:
+        ax.axis("off")
+    fig.suptitle("Hyperparameter importance in the search (Optuna PED-ANOVA on validation loss)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,120 @@
+"""Experiment tracking: one Weights & Biases run per search trial and per final run.
+
+Runs are grouped by study (`group=<study>`), typed by stage (`job_type=search|final`) and tagged
+with architecture, phases and stage, so the W&B workspace filters the way the report does. Metric
+history is logged once per validation against tokens seen (the shared x-axis of every curve), and
+the run's summary carries the final scores or the failure reason. The run id goes into the Optuna
+trial's attributes (`wandb_run_id`), so a trial in the dashboard leads to its W&B run.
+
+Never online by surprise, never blocking: `WANDB_MODE` decides when set; otherwise the run is
+online only if an API key is configured (`WANDB_API_KEY` or a netrc entry), else offline. Offline
+runs land in `<out_dir>/wandb/offline-run-*` and go up later with `wandb sync <dir>`. An online
+start that cannot reach the server within `INIT_TIMEOUT_S` falls back to offline with one warning,
+instead of wandb's 90 s wait per run; the rest of that process's runs then go offline directly.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+INIT_TIMEOUT_S = 15.0
+_online_failed = False  # set by the first online start that fails: this process stays offline
+
+
+def wandb_mode() -> str:
+    """online | offline | disabled: the user's WANDB_MODE, else online only with a configured key."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode:
+        return "offline" if mode == "dryrun" else mode
+    return "online" if _has_api_key() else "offline"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
+    """W&B-loggable scalars only (numbers, strings, bools); NaN kept as None."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out[k] = v
+    return out
+
+
+class NullRun:
+    """tracking=none (or WANDB_MODE=disabled): the same calls, nothing written anywhere."""
+
+    id = ""
+    dir = None
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
+        pass
+
+
+class WandbRun:
+    """A thin handle on one wandb run: history rows against tokens, a summary, a clean finish."""
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self.id: str = run.id
+        self.dir: str | None = run.dir
+        run.define_metric("tokens")
+        run.define_metric("*", step_metric="tokens")  # every curve against tokens seen
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self._run.log(_clean(row))
+
+    def finish(self, summary: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
+        for k, v in _clean(summary or {}).items():
+            self._run.summary[k] = v
+        if failure:
+            self._run.summary["failure_reason"] = failure
+        self._run.finish(exit_code=1 if failure else 0)
+
+
+def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: str, stage: str, arch: str,
+              tags: list[str], config: Mapping[str, Any]) -> NullRun | WandbRun:
+    """Open the run of one trial or final run (see the module docstring for the mode rules)."""
+    global _online_failed
+    mode = wandb_mode() if tracking == "wandb" else "disabled"
+    if mode == "online" and _online_failed:
+        mode = "offline"
+    if mode == "disabled":
+        return NullRun()
+    import wandb  # imported only when tracking: ~0.6 s
+
+    out_dir.mkdir(parents=True, exist_ok=True)  # wandb warns about a missing dir's git root otherwise
+    kwargs = dict(project=project, group=study, job_type=stage, name=name, tags=[arch, stage, *tags],
+                  config=dict(config), dir=str(out_dir), reinit="create_new", save_code=False)
+    settings = dict(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S)
+    try:
+        run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not cost the trial
+        if mode != "online":
+            raise
+        _online_failed = True
+        print(f"warning: W&B online start failed ({str(e).splitlines()[0][:200]}); logging offline to "
+              f"{out_dir}/wandb, upload later with `wandb sync`", file=sys.stderr)
+        run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
+    return WandbRun(run)

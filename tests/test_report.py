@@ -1,0 +1,301 @@
+"""bench.report: statistics against hand computations, the report from a hand-made study, the CLI's
+errors, publishing to the dashboard, and a real study end to end."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from bench import report
+from bench.metrics import aggregate
+from bench.report import (
+    FIGURES,
+    build_report,
+    holm,
+    lag_accuracy,
+    mean_ci,
+    paired_comparisons,
+    sign_test,
+    t_quantile,
+)
+from bench.run import compose_config, write_outputs
+from bench.run import main as run_main
+
+SECTIONS = ["## 1. What was run", "## 2. Headline", "## 3. Paired comparisons", "## 4. Figures", "## 5. Findings"]
+ARCHS = {"transformer": 0.9, "lstm": 0.5, "mamba": 0.5}  # accuracy on predictable positions
+FAMILIES = ("lag_1", "lag_2")
+SEEDS = (0, 1, 2)
+N_SEQ, LENGTH = 10, 8
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_t_quantile_matches_tables():
+    for df, t in {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 10: 2.2281, 30: 2.0423}.items():
+        assert t_quantile(df) == pytest.approx(t, abs=1e-4)
+
+
+def test_interval_hand_computed():
+    mean, half, n = mean_ci([1, 2, 3])  # s = 1, t_{0.975,2} = 4.3027
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)
+    assert half == pytest.approx(2.484, abs=1e-3)
+    mean, half, n = mean_ci([0.7])
+    assert mean == 0.7 and n == 1 and math.isnan(half)  # one seed: no interval ...
+    assert report._fmt(mean, half, n, 100) == "70.0 (n=1)"  # ... and the table says so
+
+
+def test_holm_and_sign_test():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert sign_test(6, 0) == pytest.approx(2 / 64) and sign_test(3, 3) == 1.0
+
+
+def test_paired_test_flags_a_clear_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, size=12)
+    cells = pd.DataFrame([{"arch": arch, "seed": i // 4, "phase": 1, "family": f"f{i % 4}", "value": v}
+                          for i, b in enumerate(base)
+                          for arch, v in (("a", b + 0.05), ("b", b), ("c", b + (0.01 if i % 2 else -0.01)))])
+    pairs = paired_comparisons(cells, ["a", "b", "c"]).set_index(["a", "b"])
+    assert pairs.loc[("a", "b"), "significant"] and pairs.loc[("a", "b"), "wins"] == 12
+    assert pairs.loc[("a", "b"), "diff"] == pytest.approx(0.05)
+    assert not pairs.loc[("b", "c"), "significant"] and pairs.loc[("b", "c"), "p_boot"] > 0.5
+    assert (pairs["cells"] == 12).all()
+
+
+def test_lag_accuracy_counts_only_predictable_positions():
+    rows = []  # lag_k: positions p < k-1 are all right, p >= k-1 half right: only the latter may count
+    for k in (1, 4):
+        for p in range(7):
+            rows.append({"arch": "x", "seed": 0, "phase": 4, "family": f"lag_{k}", "position": p,
+                         "metric": "accuracy", "value": 1.0 if p < k - 1 else 0.25 * (p % 2) + 0.5, "n": 10})
+    rows.append({"arch": "x", "seed": 0, "phase": 4, "family": "lag_4", "position": None, "metric": "accuracy",
+                 "value": 0.9, "n": 70})  # the family row (all positions) must not count either
+    table = lag_accuracy(pd.DataFrame(rows).astype({"position": "Int64"})).set_index("k")
+    predictable = {1: [0.5, 0.75, 0.5, 0.75, 0.5, 0.75, 0.5], 4: [0.75, 0.5, 0.75, 0.5]}  # p >= k-1
+    for k, values in predictable.items():
+        assert table.loc[k, "value"] == pytest.approx(np.mean(values)) and table.loc[k, "n"] == 10 * len(values)
+
+
+# ---------------------------------------------------------------- a hand-made study
+
+
+def _scores(rates: dict[str, float]) -> pd.DataFrame:
+    """Per-element scores of a lag study, aggregated as bench.metrics does: in family f, sequence i is
+    right at the predictable positions (p >= k-1) iff i < rates[f]·N, and wrong everywhere else."""
+    rows = []
+    for family, rate in rates.items():
+        k = int(family.split("_")[1])
+        for i in range(N_SEQ):
+            for p in range(LENGTH - 1):
+                ok = p >= k - 1 and i < round(rate * N_SEQ)
+                rows.append({"phase": 4, "family": family, "position": p, "accuracy": float(ok),
+                             "distance_error": 0.0 if ok else 7.0, "loss": 0.1 if ok else 3.0})
+    return aggregate(pd.DataFrame(rows))
+
+
+def make_study(tmp_path: Path, storage: bool = True) -> tuple:
+    """A tiny stored study written as bench.run writes one, plus (if `storage`) its Optuna storage:
+    transformer beats lstm in every (seed, family) cell; mamba differs from lstm by ±1 sequence,
+    alternating; mamba's seed 2 failed."""
+    out = tmp_path / "study"
+    cfg = compose_config(["study=smoke", f"out_dir={out}", "archs=[lstm,mamba,transformer]", "seeds=[0,1,2]",
+                          "search.n_trials=4", "progress=false"])
+    results, history, runs, trials, decay = [], [], [], [], []
+    base = pd.DataFrame({"phase": 4, "family": np.repeat(FAMILIES, N_SEQ * (LENGTH - 1)),
+                         "position": np.tile(np.arange(LENGTH - 1), N_SEQ * len(FAMILIES))})
+    for seed in SEEDS:
+        uniform = base.assign(accuracy=1 / 256, distance_error=85.33, loss=math.log(256))
+        last = base.assign(accuracy=(base.family == "lag_1").astype(float), distance_error=40.0)
+        for name, frame in (("baseline_uniform", uniform), ("baseline_last_value", last),
+                            ("baseline_extrapolate", base.assign(accuracy=0.0, distance_error=80.0))):
+            results.append(aggregate(frame).assign(arch=name, seed=seed))
+        for j, (arch, rate) in enumerate(ARCHS.items()):
+            status = "failed" if (arch, seed) == ("mamba", 2) else "ok"
+            runs.append({"study": "smoke", "stage": "final", "arch": arch, "seed": seed, "status": status,
+                         "reason": "non-finite loss (nan) at step 3" if status != "ok" else "",
+                         "d_model": 32, "num_layers": 2, "d_state": 16.0 if arch == "mamba" else np.nan,
+                         "d_conv": 4.0 if arch == "mamba" else np.nan, "expand": 2.0 if arch == "mamba" else np.nan,
+                         "lr": 3e-3, "num_params": 10_000 * (j + 1), "tokens": 4 * 32 * 7})
+            for step in (1, 2, 3, 4):
+                for metric, value in (("val_accuracy", rate * step / 4), ("val_loss", 3 / step),
+                                      ("val_ce", 2.5 / step), ("train_loss", 3.2 / step)):
+                    history.append({"study": "smoke", "arch": arch, "seed": seed, "step": step,
+                                    "tokens": step * 32 * 7, "epoch": float(step), "metric": metric,
+                                    "value": value + 0.01 * seed})
+            if status != "ok":
+                continue
+            # mamba: one sequence more or fewer than lstm, alternating over the cells (mean difference 0)
+            rates = {f: rate + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0) for i, f in enumerate(FAMILIES)}
+            results.append(_scores(rates).assign(arch=arch, seed=seed))
+            results.append(pd.DataFrame([{"phase": pd.NA, "family": "all", "position": pd.NA,
+                                          "metric": "continuation_accuracy", "value": rate * 0.9, "n": 40}])
+                           .astype({"phase": "Int64", "position": "Int64"}).assign(arch=arch, seed=seed))
+            for variant in ("gradient", "perturbation"):
+                for k in range(1, LENGTH):
+                    decay.append({"study": "smoke", "arch": arch, "seed": seed, "variant": variant, "k": k,
+                                  "value": math.exp(-(k - 1) / (1 + j)), "n": 20})
+    for arch in ARCHS:
+        for number in range(4):
+            trials.append({"study": "smoke", "stage": "search", "arch": arch, "number": number, "state": "COMPLETE",
+                           "value": 1.0 + number, "counted": True, "num_params": 5_000 * (number + 1),
+                           "val_accuracy": 0.2 + 0.1 * number})
+    cols = ["study", "stage", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
+    tables = {
+        "results": pd.concat(results, ignore_index=True).assign(study="smoke", stage="final")[cols],
+        "history": pd.DataFrame(history), "runs": pd.DataFrame(runs), "trials": pd.DataFrame(trials),
+        "overlap": pd.DataFrame([{"phase": 4, "family": f, "n": N_SEQ, "seen": 10 if f == "lag_1" else 1,
+                                  "seen_fraction": 1.0 if f == "lag_1" else 0.1, "seed": s, "study": "smoke"}
+                                 for s in SEEDS for f in FAMILIES]),
+        "decay": pd.DataFrame(decay),
+    }
+    write_outputs(cfg, tables, {"command": "python -m bench.run study=smoke", "commit": "abc1234",
+                                "date": "2026-01-01T00:00:00+00:00", "machine": "test", "workers": 1,
+                                "storage": cfg.storage_url})
+    if not storage:
+        return cfg, out
+    storage = optuna.storages.RDBStorage(cfg.storage_url)
+    dists = {"log2_d_model": optuna.distributions.IntDistribution(4, 6),
+             "lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    for j, arch in enumerate(ARCHS):
+        search = optuna.create_study(study_name=f"smoke/{arch}", storage=storage)
+        for number in range(4):
+            search.add_trial(optuna.trial.create_trial(
+                params={"log2_d_model": 4 + number % 3, "lr": 1e-3 * (1 + 2 * number)}, distributions=dists,
+                value=1.0 + number * (j + 1) + 0.1 * (number % 3)))
+        final = optuna.create_study(study_name=f"smoke/{arch}/final", storage=storage)
+        final.add_trial(optuna.trial.create_trial(value=1.0))
+    return cfg, out
+
+
+def test_report_from_a_hand_made_study(tmp_path, capsys):
+    cfg, out = make_study(tmp_path)
+    readme = build_report(cfg, tmp_path / "report")
+    text = readme.read_text()
+    positions = [text.index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    for name in FIGURES:  # every figure drawn and embedded with a relative link
+        assert (readme.parent / name).stat().st_size > 5000, name
+        assert f"]({name})" in text, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    # section 1
+    assert "python -m bench.run study=smoke" in text and "abc1234" in text and "lag_1 100 %" in text
+    # section 2: sorted by accuracy, intervals, baselines, failed run
+    headline = text[text.index(SECTIONS[1]):text.index(SECTIONS[2])]
+    rows = [line for line in headline.splitlines() if line.startswith("| **")]
+    order = [re.match(r"\| \*\*(\w+)\*\*", r).group(1) for r in rows]
+    assert order[0] == "transformer" and sorted(order) == sorted(ARCHS)  # lstm and mamba tie on average
+    transformer = mean_ci([0.9 * 13 / 14] * 3)
+    assert f"{100 * transformer[0]:.1f} ± 0.0" in rows[0]  # identical on every seed: a zero-width interval
+    assert "*baseline: uniform*" in headline and "*baseline: last value*" in headline
+    assert "non-finite loss (nan) at step 3" in headline and "Failed runs (1 of 9)" in headline
+    # section 3: transformer beats lstm in every cell (significant); mamba vs lstm is noise
+    matrix = {line.split("|")[1].strip(" *"): line.split("|")[2:-1]
+              for line in text[text.index(SECTIONS[2]):].splitlines() if line.startswith("| **")}
+    cell = lambda a, b: matrix[a][order.index(b)].strip()  # noqa: E731
+    assert cell("transformer", "lstm").endswith("*") and cell("transformer", "lstm").startswith("+")
+    assert cell("lstm", "transformer").startswith("-") and cell("lstm", "transformer").endswith("*")
+    assert not cell("lstm", "mamba").endswith("*")
+    # section 5: generated from the numbers
+    findings = text[text.index(SECTIONS[4]):]
+    assert "**Best overall:** transformer" in findings and "transformer > lstm" in findings
+    assert "k=7 (mamba)" in findings  # exp(-(k-1)/3) > 0.1 up to k=7
+    assert "transformer 2" in findings  # lag recall: 90 % of the predictable positions at lag 2
+    # published: a note on every study, the README and figures as artifacts of every final study
+    printed = capsys.readouterr().out
+    assert "attached the report to 3 final studies" in printed
+    storage = optuna.storages.RDBStorage(cfg.storage_url)
+    from optuna_dashboard import get_note
+
+    for arch in ARCHS:
+        for name in (f"smoke/{arch}", f"smoke/{arch}/final"):
+            note = get_note(optuna.load_study(study_name=name, storage=storage))
+            assert "archbench report: smoke" in note and "| **transformer** |" in note and str(readme) in note
+        metas = optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name=f"smoke/{arch}/final",
+                                                                         storage=storage))
+        assert sorted(m.filename for m in metas) == sorted(["README.md", *FIGURES])
+    files = len(list((out / "artifacts").rglob("*")))
+    report.publish(cfg, readme.parent)  # publishing again replaces, never piles up
+    assert len(list((out / "artifacts").rglob("*"))) == files
+    assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="smoke/lstm/final",
+                                                                        storage=storage))) == len(FIGURES) + 1
+
+
+def test_missing_decay_and_no_storage_are_said_and_stale_figures_removed(tmp_path):
+    cfg, out = make_study(tmp_path, storage=False)
+    (out / "decay.parquet").unlink()
+    stale = tmp_path / "report" / "memory_decay.png"  # from an earlier report, when there were curves
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    text = build_report(cfg, tmp_path / "report").read_text()
+    assert "No figure: no memory-decay curves stored (decay.parquet missing)" in text
+    assert "no Optuna storage" in text and "**Memory:** no decay curves stored" in text
+    assert not stale.exists() and not (stale.parent / "importance.png").exists()
+    assert not (out / "optuna.db").exists()  # neither the report nor publishing creates a storage
+
+
+def test_a_failure_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    cfg, _ = make_study(tmp_path, storage=False)
+    readme = tmp_path / "report" / "README.md"
+    readme.parent.mkdir()
+    readme.write_text("the previous report")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("bench.plots.pareto", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_report(cfg, readme.parent, publish=False)
+    assert readme.read_text() == "the previous report" and [p.name for p in readme.parent.iterdir()] == ["README.md"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_study_whose_runs_all_failed_still_reports(tmp_path):
+    cfg, out = make_study(tmp_path, storage=False)
+    results = pd.read_parquet(out / "results.parquet")
+    results[results.arch.str.startswith("baseline")].to_parquet(out / "results.parquet", index=False)
+    runs = pd.read_parquet(out / "runs.parquet").assign(status="failed", reason="non-finite loss")
+    runs.to_parquet(out / "runs.parquet", index=False)
+    text = build_report(cfg, tmp_path / "report", publish=False).read_text()
+    assert "Failed runs (9 of 9)" in text and "No architecture has results" in text
+    assert "Fewer than two architectures" in text
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    cases = {
+        "unknown study": (["study=nope"], "unknown study 'nope'"),
+        "no stored results": (["study=smoke", f"out_dir={tmp_path / 'empty'}"], "results.parquet is missing"),
+        "malformed override": (["study=smoke", "seeds=[1,2"], "malformed override"),
+        "unknown flag": (["study=smoke", "--bogus"], "unknown flag"),
+    }
+    for case, (args, message) in cases.items():
+        assert report.main([*args, "--out", str(tmp_path / "r")]) == 2, case
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, (case, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_end_to_end_from_a_real_study(tmp_path, capsys):
+    overrides = ["study=smoke", f"out_dir={tmp_path / 'run'}", "archs=[lstm,transformer]", "seeds=[0,1]",
+                 "train.steps=20", "train.val_every=10", "train.batch_size=8", "data.test_per_family=8",
+                 "data.val_size=8", "search.n_trials=3", "search.steps=10", "search.space.d_model=[16,32]",
+                 "search.space.d_state=[4,8]", "progress=false", "tracking=none", "report=false"]
+    assert run_main(overrides) == 0
+    assert report.main([*overrides, "--out", str(tmp_path / "report")]) == 0
+    readme = tmp_path / "report" / "README.md"
+    assert f"wrote {readme}" in capsys.readouterr().out
+    text = readme.read_text()
+    assert all(s in text for s in SECTIONS)
+    for name in set(FIGURES) - {"lag_accuracy.png"}:  # phase-1 families: no lag figure
+        assert (readme.parent / name).is_file() and f"]({name})" in text, name
+    assert not (readme.parent / "lag_accuracy.png").exists()
+    assert "| **lstm** |" in text and "| **transformer** |" in text and "*baseline: extrapolate*" in text
+    assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(
+        study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES)
