@@ -205,6 +205,14 @@ plus 4 × parameters, for one step at batch {BATCH}.
     return path
 
 
+def parse_size(spec: str) -> tuple[int, int]:
+    """'64x8' -> (d_model, L) = (64, 8); ValueError unless two integers >= 3."""
+    size = tuple(int(v) for v in spec.split("x"))
+    if len(size) != 2 or min(size) < 3:
+        raise ValueError(f"bad size {spec!r}")
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=mixer_names())
@@ -214,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [a for a in args.archs if a not in mixer_names()]
     try:
-        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-        if unknown or any(len(s) != 2 or min(s) < 3 for s in sizes):
+        sizes = [parse_size(s) for s in args.sizes]
+        if unknown:
             raise ValueError
     except ValueError:
         print(f"error: sizes must look like 64x8 (d_model x L >= 3) and archs be registered "

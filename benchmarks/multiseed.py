@@ -27,7 +27,7 @@ from bench.config import TrainConfig
 from bench.data import Curriculum, TrainStream
 from bench.models import ModelConfig, build_model, mixer_names
 from bench.multiseed import train_seeds, why_not_vectorisable
-from bench.perf import PremadeStream, _validator
+from bench.perf import PremadeStream, _validator, parse_size
 from bench.seeding import derive_seed
 from bench.train import train
 
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [a for a in args.archs if a not in mixer_names()]
     try:
-        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-        if unknown or any(len(s) != 2 or min(s) < 3 for s in sizes) or min(args.seeds, args.steps, args.rounds) < 1:
+        sizes = [parse_size(s) for s in args.sizes]
+        if unknown or min(args.seeds, args.steps, args.rounds) < 1:
             raise ValueError
     except ValueError:
         print(f"error: sizes must look like 64x8 (d_model x L >= 3), counts be positive and archs registered "
