@@ -33,6 +33,7 @@ PARAM_COUNTS = {
     "sgconv": lambda d: 2 * d * d + 2 * d + 4 * d * 16 + d,  # S = 4 scales of k_d = d_state = 16, l_max = 128
     "s4d": lambda d: 2 * d * d + d * (2 * 16 + 4),  # 2H² + H(2N + 4), N = d_state = 16
     "liquid_s4": lambda d: 2 * d * d + d * (3 * 16 + 4),  # 2H² + H(3N + 4), N = d_state = 16
+    "ntk_attention": lambda d: 4 * d * d + 4 * d + d * d // 2 + d,  # transformer + H(d_h² + d_h), H = 2 heads
 }
 
 

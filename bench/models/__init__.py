@@ -39,6 +39,7 @@ from bench.models.backbone import VOCAB, ModelConfig, ModelState, SequenceModel
 from bench.models.liquid_s4 import LiquidS4
 from bench.models.lstm import LSTMMixer
 from bench.models.mamba import Mamba
+from bench.models.ntk_attention import NTKAttention
 from bench.models.s4d import S4D
 from bench.models.sgconv import SGConv
 from bench.models.stable_ssm import StableSSM
@@ -48,6 +49,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "liquid_s4": LiquidS4,
     "lstm": LSTMMixer,
     "mamba": Mamba,
+    "ntk_attention": NTKAttention,
     "s4d": S4D,
     "sgconv": SGConv,
     "stable_ssm": StableSSM,
