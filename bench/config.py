@@ -9,6 +9,7 @@ known architectures and families) and raises `ConfigError` with one line naming 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,6 +121,16 @@ class SearchConfig:
 
 
 @dataclass
+class MutualConfig:
+    """Deep mutual learning (bench.mutual): after the final stage, each seed's architectures are
+    retrained jointly on the same batches, each with its own loss plus `weight` x the mean KL
+    divergence from the others' predictions; the report compares them with the independent final
+    runs of the same seeds."""
+
+    weight: float | None = None  # null = no mutual stage; 0 = the joint loop without KL (equals the final runs)
+
+
+@dataclass
 class Config:
     name: str = "smoke"  # study name; outputs go to runs/<name> unless out_dir is set
     archs: list[str] | None = None  # null = every registered architecture
@@ -144,6 +155,10 @@ class Config:
     wandb_project: str = "archbench"
     report: bool = True  # write reports/<name>/ when the study ends (python -m bench.report does it on demand)
     report_dir: str | None = None  # null = reports/<name>
+    # auto | on | off: train the final stage's seeds of one configuration as one stacked model
+    # (bench.multiseed); auto = on a CPU for length <= 16, where it was measured faster
+    multiseed: str = "auto"
+    mutual: MutualConfig = field(default_factory=MutualConfig)
 
     @property
     def arch_list(self) -> list[str]:
@@ -279,6 +294,13 @@ def _validate_search(cfg: Config) -> None:
     _positive(**{"workers": cfg.workers, "heartbeat": cfg.heartbeat, "memory_budget": cfg.memory_budget})
     if cfg.tracking not in ("wandb", "none"):
         raise ConfigError(f"tracking must be wandb or none, got '{cfg.tracking}'")
+    if cfg.multiseed not in ("auto", "on", "off"):
+        raise ConfigError(f"multiseed must be auto, on or off, got '{cfg.multiseed}'")
+    w = cfg.mutual.weight
+    if w is not None and not (math.isfinite(w) and w >= 0):
+        raise ConfigError(f"mutual.weight must be a non-negative number or null, got {w}")
+    if w is not None and len(cfg.arch_list) < 2:
+        raise ConfigError(f"mutual.weight is set, but mutual learning needs at least two archs, got {cfg.arch_list}")
     if cfg.storage is not None and "://" not in cfg.storage:
         raise ConfigError(f"storage must be an Optuna RDB URL such as sqlite:///path.db or "
                           f"postgresql+psycopg2://user:pw@host/db, got '{cfg.storage}'")

@@ -58,18 +58,20 @@ from bench.models.s4d import S4D
 from bench.models.sgconv import SGConv
 from bench.models.stable_ssm import ACTIVATIONS, StableSSM, causal_fft_conv
 from bench.models.transformer import Transformer, apply_rope
-from bench.train import TrainingDiverged, TrainResult, distance_weighted_ce, lr_factor, param_groups, train
+from bench.train import (
+    Member,
+    SeedResult,
+    TrainingDiverged,
+    TrainResult,
+    Validate,
+    distance_weighted_ce,
+    lr_factor,
+    param_groups,
+    train,
+    validate_member,
+)
 
-Validate = Callable[[nn.Module, int, float], dict[str, float]]
 Params = dict[str, Tensor]  # local name -> stacked (S, *shape)
-
-
-@dataclass
-class SeedResult(TrainResult):
-    """`TrainResult` of one member, plus what `train` would have raised and how it was trained."""
-
-    error: str | None = None  # the TrainingDiverged message `train` would have raised; None: it finished
-    fallback: str = ""  # why this member was trained alone by `train` ("" when stacked)
 
 
 # ---------------------------------------------------------------- member-major building blocks
@@ -387,17 +389,6 @@ def vectorisable(model: nn.Module) -> bool:
 # ---------------------------------------------------------------- training
 
 
-@dataclass
-class _Member:
-    model: nn.Module
-    stream: TrainStream
-    validate: Validate
-    res: SeedResult = field(default_factory=SeedResult)
-    best_state: dict | None = None
-    wait: int = 0
-    done: bool = False
-
-
 def train_seeds(models: Sequence[nn.Module], cfg: TrainConfig, streams: Sequence[TrainStream],
                 validates: Sequence[Validate], final_epoch: float = 0.0,
                 device: torch.device | str = "cpu") -> list[SeedResult]:
@@ -431,7 +422,7 @@ def train_seeds(models: Sequence[nn.Module], cfg: TrainConfig, streams: Sequence
             warnings.warn(f"train_seeds: training {n} models one after another ({reason})", stacklevel=2)
         return [_train_alone(m, cfg, s, v, final_epoch, device, reason)
                 for m, s, v in zip(models, streams, validates, strict=True)]
-    return _train_stacked([_Member(m, s, v) for m, s, v in zip(models, streams, validates, strict=True)],
+    return _train_stacked([Member(m, s, v) for m, s, v in zip(models, streams, validates, strict=True)],
                           cfg, final_epoch, device)
 
 
@@ -445,7 +436,7 @@ def _train_alone(model: nn.Module, cfg: TrainConfig, stream: TrainStream, valida
     return SeedResult(**dataclasses.asdict(res), error=error, fallback=reason)
 
 
-def _train_stacked(members: list[_Member], cfg: TrainConfig, final_epoch: float,
+def _train_stacked(members: list[Member], cfg: TrainConfig, final_epoch: float,
                    device: torch.device) -> list[SeedResult]:
     """bench.train.train's loop for all members at once (no checkpoint, no progress bar)."""
     stack = _Stack([m.model for m in members], cfg, device)
@@ -481,7 +472,7 @@ def _train_stacked(members: list[_Member], cfg: TrainConfig, final_epoch: float,
         lr = stack.lr0 * lr_factor(steps, cfg)  # sched.get_last_lr()[0] after this step, as train() logs it
         for slot, (m, train_loss) in enumerate(zip(active, train_losses, strict=True)):
             stack.write_back(slot, m.model)
-            _validate(m, cfg, train_loss, epoch, lr, final_epoch)
+            validate_member(m, cfg, train_loss, epoch, lr, final_epoch)
             if m.done or steps == cfg.steps:
                 m.res.wall_s = time.perf_counter() - start
         keep = [slot for slot, m in enumerate(active) if not m.done]
@@ -497,27 +488,3 @@ def _train_stacked(members: list[_Member], cfg: TrainConfig, final_epoch: float,
                 m.model.load_state_dict(m.best_state)
             m.model.eval()
     return [m.res for m in members]
-
-
-def _validate(m: _Member, cfg: TrainConfig, train_loss: float, epoch: float, lr: float, final_epoch: float) -> None:
-    """bench.train.train's validation, early stopping and divergence check, for one member."""
-    res = m.res
-    if not math.isfinite(train_loss):
-        res.error, m.done = f"non-finite training loss ({train_loss}) at step {res.steps}", True
-        return
-    m.model.eval()
-    with torch.no_grad():
-        val = m.validate(m.model, len(res.history) + 1, epoch)
-    m.model.train()
-    res.history.append({"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": lr,
-                        "train_loss": train_loss, **val})
-    if not math.isfinite(val["val_loss"]):
-        res.error, m.done = f"non-finite validation loss at step {res.steps}", True
-        return
-    if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
-        res.best_val, res.best_step, m.wait = val["val_loss"], res.steps, 0
-        m.best_state = copy.deepcopy(m.model.state_dict())
-    else:
-        m.wait += 1
-        if cfg.early_stopping and m.wait >= cfg.patience:
-            res.stopped_early, m.done = True, True

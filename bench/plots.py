@@ -8,6 +8,7 @@ existing colour ever moves. Baselines are drawn in black and greys with their ow
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -235,5 +236,124 @@ def importances(values: dict[str, dict[str, float]], path: Path) -> Path:
     for ax in list(axes.flat)[len(archs):]:
         ax.axis("off")
     fig.suptitle("Hyperparameter importance in the search (Optuna PED-ANOVA on validation loss)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _cka_ticks(ax: plt.Axes, names: list[str], axis: str) -> None:
+    """Architecture names as coloured tick labels on `axis` ('x' or 'y')."""
+    if axis == "x":
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+        labels = ax.get_xticklabels()
+    else:
+        ax.set_yticks(range(len(names)), names)
+        labels = ax.get_yticklabels()
+    for tick, name in zip(labels, names, strict=True):
+        tick.set_color(arch_color(name))
+
+
+def cka_matrix(matrix: pd.DataFrame, path: Path, n_rows: int | None = None,
+               diagonal: str = "one architecture, two seeds") -> Path:
+    """(g) Linear CKA between the last blocks' outputs, architecture × architecture (symmetric),
+    mean over seeds, annotated; the diagonal (outlined) is what `diagonal` says: the same architecture
+    on two different seeds, the reference for what 'similar' means, where there are several seeds.
+    `matrix`: index and columns are architectures."""
+    values = matrix.to_numpy(dtype=float)
+    names = [str(a) for a in matrix.index]
+    size = 0.75 * len(names) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            text = f"{values[i, j]:.2f}" if np.isfinite(values[i, j]) else "—"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if not np.isfinite(values[i, j]) or values[i, j] < 0.6 else "black",
+                    fontweight="bold" if i == j else "normal")
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=1.5))
+    _cka_ticks(ax, names, "x")
+    _cka_ticks(ax, names, "y")
+    ax.set_xlabel("architecture")
+    ax.set_ylabel("architecture")
+    rows = f", n = {n_rows:,} positions" if n_rows else ""
+    ax.set_title(f"Linear CKA of the last block's outputs (mean over seeds{rows})\n"
+                 f"off-diagonal: two architectures, same seed · diagonal: {diagonal}", fontsize=10)
+    fig.colorbar(image, ax=ax, label="linear CKA (1 = same representation up to rotation and scale)", shrink=0.8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cka_layers(means: pd.DataFrame, order: list[str], path: Path,
+               pairs: str = "two architectures on different seeds off the diagonal, one architecture on two "
+                            "seeds on it (framed)") -> Path:
+    """(g) Layer × layer linear CKA for every pair of architectures, as the lower triangle of a
+    scatter-plot-matrix grid: the panel in row A, column B has B's layers on x and A's on y
+    (0 = embedding output, i = block i; origin bottom left), so k architectures take k(k+1)/2
+    small panels (36 for 8) whose names are given once per row and column instead of 28 titles,
+    on one shared colour scale; `pairs` says which model pairs the panels average (the caption).
+    `means`: arch_a, layer_a, arch_b, layer_b, cka (mean over seeds), kind."""
+    archs = [a for a in order if a in set(means.arch_a)]
+    k = len(archs)
+    panel = 1.45 if k > 3 else 2.2
+    fig, axes = plt.subplots(k, k, figsize=(panel * k + 1.5, panel * k + 0.8), squeeze=False)
+    image = None
+    for i, a in enumerate(archs):
+        for j, b in enumerate(archs):
+            ax = axes[i][j]
+            if j > i:
+                ax.axis("off")
+                continue
+            m = means[(means.arch_a == a) & (means.arch_b == b)].pivot_table(
+                index="layer_a", columns="layer_b", values="cka", aggfunc="mean").sort_index().sort_index(axis=1)
+            if m.empty:
+                ax.axis("off")
+                continue
+            values = m.to_numpy(dtype=float)
+            image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, origin="lower", aspect="auto")
+            if values.size <= 16:
+                for (y, x), v in np.ndenumerate(values):
+                    if np.isfinite(v):
+                        ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                                color="white" if v < 0.6 else "black")
+            layer = lambda idx: "emb" if idx == 0 else str(idx)  # noqa: E731
+            ax.set_xticks(range(len(m.columns)), [layer(c) for c in m.columns], fontsize=7)
+            ax.set_yticks(range(len(m.index)), [layer(r) for r in m.index], fontsize=7)
+            # a row shares A's layers and a column B's: label them once, on the left and at the bottom
+            ax.tick_params(labelleft=j == 0, labelbottom=i == k - 1, length=2)
+            if i == j:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(arch_color(a))
+                    spine.set_linewidth(2)
+            if j == 0:
+                ax.set_ylabel(a, color=arch_color(a), fontsize=9)
+            if i == k - 1:
+                ax.set_xlabel(b, color=arch_color(b), fontsize=9)
+    width = int(fig.get_figwidth() * 13)  # characters of a 10 pt line across the figure
+    title = "\n".join(textwrap.fill(line, width) for line in (
+        "Layer × layer linear CKA between architectures (panel row A, column B: A's layers up, B's across; "
+        "emb = embedding)", f"panels: {pairs}; mean over seed pairs"))
+    fig.suptitle(title, fontsize=10)
+    top = 1 - (0.22 * (title.count("\n") + 1) + 0.3) / fig.get_figheight()  # room for the title's lines
+    fig.subplots_adjust(left=0.1, right=0.86, bottom=0.08, top=top, wspace=0.08, hspace=0.08)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, location="right", label="linear CKA (mean over seeds)")
+    return _save(fig, path)
+
+
+def mutual_gain(table: pd.DataFrame, order: list[str], path: Path) -> Path:
+    """Gain in test accuracy from mutual learning per architecture: mean over seeds of joint − alone
+    (same seed), 95 % Student-t interval; significant gains (Holm-corrected cell test) marked."""
+    rows = table.set_index("arch").reindex(order)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.6))
+    y = np.arange(len(order))[::-1]
+    ax.barh(y, rows["gain"].to_numpy() * 100, xerr=rows["half"].fillna(0).to_numpy() * 100, height=0.6,
+            color=[arch_color(a) for a in order], error_kw={"capsize": 3, "elinewidth": 1})
+    for yi, (_, r) in zip(y, rows.iterrows(), strict=True):
+        if r["significant"]:
+            ax.annotate("*", (r["gain"] * 100, yi), xytext=(0, 4), textcoords="offset points", ha="center")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, order)
+    ax.set_xlabel("test accuracy jointly − alone (pp)")
+    ax.set_title("Mutual learning: gain per architecture (* significant, Holm)")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

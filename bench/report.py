@@ -1,15 +1,18 @@
 """`python -m bench.report study=<name> [key=value ...] [--out DIR] [--no-publish]`: a study's report.
 
 Builds `reports/<study>/README.md` (or `--out DIR`, or `report_dir=`) and its PNG figures from what
-`bench.run` stored in the study's `out_dir` (results, history, runs, trials, overlap, decay tables,
-config.yaml, meta.yaml, and the Optuna storage for hyperparameter importances). Nothing is retrained.
+`bench.run` stored in the study's `out_dir` (results, history, runs, trials, overlap, decay, cka, mutual tables,
+config.yaml, meta.yaml, and the Optuna storage for hyperparameter importances). Nothing is retrained;
+a study collected before `cka.parquet` existed gets its CKA table computed from the final models'
+stored weights (`models/`), the same way `bench.run` computes it.
 The overrides are `bench.run`'s, so `out_dir=`/`storage=` find a study stored elsewhere.
 
 Sections: 1. what was run (budget, seeds, data, storage, the command that reproduces it, test-set
 overlap with training); 2. headline table (best configuration, size, test scores as mean and 95 %
 Student-t interval over seeds, baselines beside them, failed runs); 3. paired comparisons between
 architectures on the same (seed, family) test cells (paired bootstrap, Holm-corrected); 4. figures;
-5. findings generated from the numbers.
+5. findings generated from the numbers; 6. for a study with a mutual stage (`mutual.weight`), each
+architecture's test accuracy trained jointly against alone, paired by seed and by test cell.
 
 The report is built in a temporary directory beside the target and moved in with the README last,
 so a failure never leaves a half-written README. `publish` then attaches it to the study's Optuna
@@ -31,7 +34,7 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,8 @@ from bench.run import compose_config
 from bench.study import final_name, first_line, open_storage, search_name
 
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml")  # without these there is nothing to report
-OPTIONAL = ("history", "trials", "overlap", "decay")  # <name>.parquet; a missing one is noted in its section
+# <name>.parquet; a missing one is noted in its section
+OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "mutual", "mutual_runs")
 RESAMPLES = 10_000  # paired bootstrap resamples
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
@@ -61,6 +65,9 @@ FIGURES = {  # file -> what it shows
     "lag_accuracy.png": "accuracy against lag k",
     "pareto.png": "accuracy against parameters",
     "importance.png": "hyperparameter importances",
+    "cka.png": "last-block representation similarity (linear CKA)",
+    "cka_layers.png": "layer × layer representation similarity (linear CKA)",
+    "mutual.png": "gain from mutual learning per architecture",
 }
 LAG = re.compile(r"lag_(\d+)$")
 SIZE_COLUMNS = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")
@@ -157,6 +164,10 @@ class Stored:
     trials: pd.DataFrame | None
     overlap: pd.DataFrame | None
     decay: pd.DataFrame | None
+    cka: pd.DataFrame | None = None
+    cka_note: str = ""  # where the cka table came from when not stored, or why there is none
+    mutual: pd.DataFrame | None = None  # the mutual stage's test scores (schema of results)
+    mutual_runs: pd.DataFrame | None = None
 
 
 def load(cfg: Config) -> Stored:
@@ -175,9 +186,37 @@ def load(cfg: Config) -> Stored:
             stored_cfg = cfg
     optional = {name: pd.read_parquet(out / f"{name}.parquet") if (out / f"{name}.parquet").is_file() else None
                 for name in OPTIONAL}
-    return Stored(cfg=stored_cfg, meta=dict(OmegaConf.to_container(OmegaConf.load(out / "meta.yaml"))),
-                  results=pd.read_parquet(out / "results.parquet"), runs=pd.read_parquet(out / "runs.parquet"),
-                  **optional)
+    stored = Stored(cfg=stored_cfg, meta=dict(OmegaConf.to_container(OmegaConf.load(out / "meta.yaml"))),
+                    results=pd.read_parquet(out / "results.parquet"), runs=pd.read_parquet(out / "runs.parquet"),
+                    **optional)
+    if stored.cka is None:
+        stored.cka, stored.cka_note = cka_from_weights(cfg, stored_cfg, stored.runs)
+    return stored
+
+
+def cka_from_weights(cfg: Config, stored_cfg: Config, runs: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
+    """The CKA table of a study collected before `bench.run` stored one (cka.parquet), computed as
+    `bench.run.cka_table_for` does from the final models' stored weights (nothing is retrained), with
+    a note saying so; (None, why) where there are no weights or they cannot be loaded."""
+    import torch
+
+    from bench.run import cka_table_for
+    from bench.study import Context
+
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    have = [r for r in ok.to_dict("records")
+            if (cfg.output_dir / "models" / f"{r['arch']}-seed{r['seed']}.pt").is_file()]
+    if not have:
+        return None, ("no representation similarity stored (cka.parquet missing) and no stored model weights to "
+                      "compute it from")
+    study_cfg = replace(stored_cfg, out_dir=str(cfg.output_dir))  # the run's settings, the weights where found
+    try:
+        table = cka_table_for(study_cfg, Context.build(study_cfg, torch.device("cpu")).test, have)
+    except Exception as e:  # weights of an older model definition, ...: the report stands without it
+        return None, f"cka.parquet missing, and computing it from the stored weights failed ({first_line(e)[:160]})"
+    note = (f"cka.parquet was not stored with this study, so `bench.report` computed it from the stored weights "
+            f"of {_n(len(have), 'final model')}")
+    return table, note + (f" ({len(ok) - len(have)} without stored weights left out)" if len(have) < len(ok) else "")
 
 
 def is_baseline(arch: str) -> bool:
@@ -229,6 +268,43 @@ def paired_comparisons(cells: pd.DataFrame, archs: list[str], resamples: int = R
     return table
 
 
+def mutual_effect(results: pd.DataFrame, mutual: pd.DataFrame, resamples: int = RESAMPLES) -> pd.DataFrame:
+    """Per architecture: test accuracy trained alone (the final stage) and jointly (the mutual stage),
+    and the gain joint − alone paired by seed (mean, 95 % Student-t half-width over seeds) and by
+    (seed, phase, family) cell (paired bootstrap p-value, Holm-corrected over architectures). Both
+    runs of a pair share the seed, hence the data stream, initialisation and test sequences."""
+    alone, joint = study_level(results), study_level(mutual)
+    cells = family_cells(results).merge(family_cells(mutual), on=["arch", "seed", "phase", "family"],
+                                        suffixes=("_alone", "_joint"))
+    rows = []
+    for arch in sorted(set(joint["arch"])):
+        a = alone[(alone.arch == arch) & (alone.metric == "accuracy")].set_index("seed")["value"]
+        j = joint[(joint.arch == arch) & (joint.metric == "accuracy")].set_index("seed")["value"]
+        seeds = sorted(set(a.index) & set(j.index))
+        if not seeds:
+            continue
+        gain, half, n = mean_ci(j[seeds].to_numpy() - a[seeds].to_numpy())
+        c = cells[cells.arch == arch]
+        d = (c["value_joint"] - c["value_alone"]).to_numpy()
+        p = paired_bootstrap(d, resamples)[0] if len(d) else float("nan")
+        rows.append({"arch": arch, "alone": float(a[seeds].mean()), "alone_half": mean_ci(a[seeds])[1],
+                     "joint": float(j[seeds].mean()), "joint_half": mean_ci(j[seeds])[1], "gain": gain,
+                     "half": half, "seeds": n, "cells": len(d), "wins": int((d > 0).sum()),
+                     "losses": int((d < 0).sum()), "p_boot": p})
+    table = pd.DataFrame(rows, columns=["arch", "alone", "alone_half", "joint", "joint_half", "gain", "half", "seeds",
+                                        "cells", "wins", "losses", "p_boot"])
+    table["p_holm"] = holm(table["p_boot"].tolist()) if len(table) else []
+    table["significant"] = table["p_holm"] < ALPHA
+    return table
+
+
+def mutual_verdict(row: Any) -> str:
+    """'helps', 'hurts' or 'no detectable effect', from the Holm-corrected cell test."""
+    if not row.significant:
+        return "no detectable effect"
+    return "helps" if row.gain > 0 else "hurts"
+
+
 def lag_accuracy(results: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per (arch, seed, k) on the lag_k families over the predictable positions only.
 
@@ -263,6 +339,129 @@ def decay_reach(curves: pd.DataFrame, variant: str = "perturbation", fraction: f
         if first > 0:
             reach[str(arch)] = int(c.loc[c["value"] >= fraction * first, "k"].max())
     return reach
+
+
+CKA_KINDS = {  # cka_means' kind -> what a pair of that kind is
+    "architectures": "two architectures on the same seed",
+    "architectures_across_seeds": "two architectures on different seeds",
+    "seeds": "one architecture on two different seeds",
+    "model": "one model against itself (one seed)",
+}
+
+
+def cka_means(cka: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds (or seed pairs) of the layer × layer CKA of every ordered pair of architectures:
+    arch_a, layer_a, arch_b, layer_b, kind (`CKA_KINDS`), last (both layers are their model's last
+    block), cka, pairs (model pairs averaged). 'model' rows only for an architecture with one seed."""
+    depth = pd.concat([cka[["arch_a", "seed", "layer_a"]].set_axis(["arch", "seed", "layer"], axis=1),
+                       cka[["arch_b", "seed_b", "layer_b"]].set_axis(["arch", "seed", "layer"], axis=1)]
+                      ).groupby(["arch", "seed"])["layer"].max()
+    last = ((cka.set_index(["arch_a", "seed"]).index.map(depth) == cka["layer_a"].to_numpy())
+            & (cka.set_index(["arch_b", "seed_b"]).index.map(depth) == cka["layer_b"].to_numpy()))
+    t = cka.assign(last=np.asarray(last, dtype=bool))
+    same_seed, same_arch = t.seed == t.seed_b, t.arch_a == t.arch_b
+    kind = np.select([same_seed & ~same_arch, ~same_seed & ~same_arch, ~same_seed & same_arch],
+                     ["architectures", "architectures_across_seeds", "seeds"], "model")
+    t = t.assign(kind=kind)
+    t = t[(t.kind != "model") | ~t.arch_a.isin(set(t.loc[t.kind == "seeds", "arch_a"]))]
+    keys = ["arch_a", "layer_a", "arch_b", "layer_b", "kind", "last"]
+    return t.groupby(keys, as_index=False)["cka"].agg(cka="mean", pairs="size")
+
+
+def cka_floors(s: Stored, configs: pd.DataFrame) -> dict[str, float]:
+    """What unrelated representations score, at the widest d_model d of the study: 'rows', the Gaussian
+    floor √(d·d)/n over the table's n rows (`bench.analysis.cka.linear_cka`), and 'embedding', two
+    independent random embedding tables on the probe tokens (`embedding_floor`), the floor for layer 0,
+    whose rows repeat tokens; each left out where it cannot be had."""
+    from bench.analysis.cka import embedding_floor
+
+    if "d_model" not in configs or not configs["d_model"].notna().any() or "n" not in s.cka:
+        return {}
+    d, rows = int(configs["d_model"].max()), int(s.cka["n"].max())
+    floors = {"rows": d / rows}
+    try:
+        import torch
+
+        from bench.run import probe_tokens
+        from bench.study import Context
+
+        tokens = probe_tokens(Context.build(s.cfg, torch.device("cpu")).test)
+        if tokens.numel() == rows:  # the same probe the table was computed on
+            floors["embedding"] = embedding_floor(tokens, d)
+            floors["distinct_tokens"] = float(tokens.unique().numel())
+    except Exception:  # a config of an older schema: the row floor stands alone
+        pass
+    return floors
+
+
+def cka_layer_kinds(means: pd.DataFrame) -> tuple[str, str]:
+    """The kinds the layer × layer figure shows: off the diagonal two architectures on different seeds
+    where there are several seeds (on one seed, layer 0 mostly measures the shared initialisation of the
+    embedding, so early layers would look alike for that reason alone), and on the diagonal one
+    architecture on two seeds; with one seed, same-seed pairs and each model against itself."""
+    kinds = set(means.kind)
+    return ("architectures_across_seeds" if "architectures_across_seeds" in kinds else "architectures",
+            "seeds" if "seeds" in kinds else "model")
+
+
+def cka_last_matrix(means: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Architecture × architecture CKA of the last blocks (`cka_means`), rows and columns in `order`:
+    two architectures on the same seed off the diagonal, one architecture on two seeds on it (1 with
+    one seed)."""
+    diagonal = "seeds" if (means.kind == "seeds").any() else "model"
+    last = means[means["last"] & means.kind.isin(["architectures", diagonal])]
+    archs = [a for a in order if a in set(last.arch_a)]
+    return last.pivot_table(index="arch_a", columns="arch_b", values="cka", aggfunc="mean").reindex(
+        index=archs, columns=archs)
+
+
+def cka_finding(means: pd.DataFrame, order: list[str], floor: dict[str, float] | None = None) -> str:
+    """One paragraph part from the numbers: the most and least similar pair of architectures at the last
+    block, the cross-architecture mean against the seed-to-seed reference, and the trend with depth."""
+    rank = {a: i for i, a in enumerate(order)}
+    position = lambda col: means[col].map(lambda a: rank.get(a, len(rank)))  # noqa: E731
+    pairs = means[position("arch_a") < position("arch_b")]  # each pair of architectures once
+    same = pairs[pairs.kind == "architectures"]
+    last = same[same["last"]].dropna(subset=["cka"]).sort_values("cka", ascending=False)
+    if not len(last):
+        return "**Representations:** fewer than two architectures with stored models: no similarity to compare."
+    pair = lambda r: f"{r.arch_a}–{r.arch_b} ({r.cka:.2f})"  # noqa: E731
+    text = ("**Representations** (linear CKA of the last block's outputs, mean over seeds): the most similar pair "
+            f"of architectures is {pair(last.iloc[0])}")
+    mean = last["cka"].mean()
+    if len(last) > 1:
+        text += f", the least similar {pair(last.iloc[-1])}, the mean over {_n(len(last), 'pair')} {mean:.2f}"
+    across = pairs[pairs.kind == "architectures_across_seeds"]
+    across_last = across.loc[across["last"], "cka"].mean() if len(across) else math.nan
+    if np.isfinite(across_last):
+        text += f" ({across_last:.2f} between architectures on different seeds)"
+    seeds = means[(means.kind == "seeds") & means["last"]].groupby("arch_a")["cka"].mean().sort_values()
+    if len(seeds):
+        fair = across_last if np.isfinite(across_last) else mean  # both sides on different seeds where possible
+        spread = (f"{seeds.index[0]} {seeds.iloc[0]:.2f} to {seeds.index[-1]} {seeds.iloc[-1]:.2f}" if len(seeds) > 1
+                  else str(seeds.index[0]))
+        verdict = ("different architectures end up nearly as similar to each other as two trainings of one"
+                   if fair >= 0.9 * seeds.mean() else
+                   "different architectures end up less similar to each other than two trainings of one")
+        text += (f", against {seeds.mean():.2f} for one architecture on two seeds ({spread}): {verdict} "
+                 f"(ratio {fair / seeds.mean():.2f})")
+    off = across if len(across) else pairs[pairs.kind == "architectures"]
+    depth = [(label, off[(off.layer_a == layer) & (off.layer_b == layer)]["cka"].mean())
+             for label, layer in (("the embedding", 0), ("block 1", 1))]
+    depth = [(label, v) for label, v in depth if np.isfinite(v)]
+    last_off = off.loc[off["last"], "cka"].mean()
+    if depth and np.isfinite(last_off):
+        trend = "rises" if last_off > depth[0][1] else "falls" if last_off < depth[0][1] else "stays level"
+        shown = [f"{v:.2f} at {label}" for label, v in depth]
+        if "embedding" in (floor or {}) and depth[0][0] == "the embedding":
+            shown[0] += f" (two unrelated random embeddings: {floor['embedding']:.2f})"
+        text += (f". Between architectures{' on different seeds' if len(across) else ''}, similarity {trend} with "
+                 f"depth: {', '.join(shown)}, {last_off:.2f} at the last block")
+        emb_same = same[(same.layer_a == 0) & (same.layer_b == 0)]["cka"].mean()
+        if len(across) and np.isfinite(emb_same) and emb_same - depth[0][1] > 0.2:
+            text += (f" (on the same seed the embeddings score {emb_same:.2f}, mostly because every architecture of a "
+                     "seed starts from the same random stream)")
+    return text + "."
 
 
 def pareto_front(points: pd.DataFrame) -> list[str]:
@@ -367,6 +566,9 @@ class Numbers:
     front: list[str]
     importances: dict[str, dict[str, float]]
     importance_notes: list[str]
+    cka: pd.DataFrame | None = None  # cka_means: layer × layer similarity, mean over seeds
+    cka_floor: dict[str, float] | None = None  # cka_floors: what unrelated representations score
+    mutual: pd.DataFrame | None = None  # mutual_effect: joint vs alone per architecture
 
 
 def compute(s: Stored, cfg: Config, resamples: int = RESAMPLES) -> Numbers:
@@ -392,7 +594,11 @@ def compute(s: Stored, cfg: Config, resamples: int = RESAMPLES) -> Numbers:
                    pairs=paired_comparisons(cells, order, resamples), families=families, lag=lag,
                    decay=decay_means(s.decay) if s.decay is not None and len(s.decay) else None,
                    points=points, front=pareto_front(points) if len(points) else [],
-                   importances=importances, importance_notes=notes)
+                   importances=importances, importance_notes=notes,
+                   cka=cka_means(s.cka) if s.cka is not None and len(s.cka) else None,
+                   cka_floor=cka_floors(s, configs) if s.cka is not None and len(s.cka) else None,
+                   mutual=mutual_effect(s.results, s.mutual, resamples)
+                   if s.mutual is not None and len(s.mutual) else None)
 
 
 def _family_order(names: Any) -> list[str]:
@@ -445,6 +651,25 @@ def draw_figures(s: Stored, n: Numbers, out: Path) -> dict[str, str]:
         drawn["importance.png"] = ""
     else:
         drawn["importance.png"] = "; ".join(n.importance_notes) or "no importances"
+    if n.cka is not None:
+        archs = _with_others(n.order, n.cka["arch_a"])
+        rows = int(s.cka["n"].max()) if "n" in s.cka else None
+        off, diagonal = cka_layer_kinds(n.cka)
+        plots.cka_matrix(cka_last_matrix(n.cka, archs), out / "cka.png", rows,
+                         "one architecture, two seeds" if diagonal == "seeds" else "1 (one seed: no seed-to-seed "
+                         "reference)")
+        plots.cka_layers(n.cka[n.cka.kind.isin([off, diagonal])], archs, out / "cka_layers.png",
+                         f"{CKA_KINDS[off]} off the diagonal, {CKA_KINDS[diagonal]} on it (framed)")
+        drawn["cka.png"] = drawn["cka_layers.png"] = ""
+    else:
+        why = s.cka_note or ("no representation similarity stored (cka.parquet missing)" if s.cka is None
+                             else "cka.parquet holds no rows (no final run finished)")
+        drawn["cka.png"] = drawn["cka_layers.png"] = why
+    if n.mutual is not None and len(n.mutual):
+        plots.mutual_gain(n.mutual, [a for a in n.order if a in set(n.mutual.arch)], out / "mutual.png")
+        drawn["mutual.png"] = ""
+    elif s.cfg.mutual.weight is not None:
+        drawn["mutual.png"] = "no mutual-stage results stored (mutual.parquet missing or empty)"
     return drawn
 
 
@@ -629,7 +854,31 @@ def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     text += "### f. Hyperparameter importance\n\n" + _figure(drawn, "importance.png", "hyperparameter importances")
     if n.importances and n.importance_notes:
         text += "Not shown: " + "; ".join(n.importance_notes) + ".\n\n"
-    return text
+    return text + section_cka(s, n, drawn)
+
+
+def section_cka(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    text = ("### g. Representation similarity\n\nLinear CKA (centered kernel alignment, Kornblith et al. 2019) "
+            "compares two models' hidden states on the same inputs: 1 means the same representation up to a "
+            "rotation and a scale, and unrelated features score near √(d·d′)/n rather than 0")
+    floor = n.cka_floor or {}
+    if "rows" in floor:
+        d, rows = int(n.configs["d_model"].max()), int(s.cka["n"].max())
+        text += f" (≈ {floor['rows']:.3f} here, d = {d}, n = {rows:,} rows)"
+    if "embedding" in floor:
+        text += (f"; at the embedding, whose {rows:,} rows are lookups of {floor['distinct_tokens']:.0f} distinct "
+                 f"tokens, two independent random embedding tables already score {floor['embedding']:.2f}")
+    text += (". From `bench.analysis.cka` on the final models: the output of the embedding (layer 0, `emb`) and "
+             "of every block, at every position of the same test sequences (one row per sequence and position). "
+             "The matrix compares architectures on the same seed (same training stream), at the last block; its "
+             "diagonal is one architecture on two different seeds, the reference for how similar two trainings of "
+             "one architecture are. The layer × layer grid compares architectures on different seeds where there "
+             "are several: every architecture of a seed starts from the same random stream, so on one seed the "
+             "embeddings look alike from initialisation alone. Mean over seeds (or seed pairs).\n\n")
+    if s.cka_note and s.cka is not None:
+        text += f"*Note: {s.cka_note}.*\n\n"
+    return (text + _figure(drawn, "cka.png", "last-block linear CKA, architecture × architecture")
+            + _figure(drawn, "cka_layers.png", "layer × layer linear CKA per pair of architectures"))
 
 
 def findings(s: Stored, n: Numbers) -> str:
@@ -699,9 +948,54 @@ def findings(s: Stored, n: Numbers) -> str:
         parts.append("**Size:** the accuracy–parameter Pareto front is "
                      + " → ".join(f"{a} ({int(pts.loc[a, 'num_params']):,} params, {_pct(pts.loc[a, 'mean'])})"
                                   for a in n.front) + ".")
+    if n.cka is not None:
+        parts.append(cka_finding(n.cka, _with_others(n.order, n.cka["arch_a"]), n.cka_floor))
+    else:
+        parts.append("**Representations:** no similarity table (section 4g).")
+    if n.mutual is not None and len(n.mutual):
+        parts.append(mutual_finding(n.mutual, s.cfg.mutual.weight) + " (section 6)")
     if "status" in s.runs and (s.runs["status"] != "ok").any():
         parts.append(f"**Failed runs:** {int((s.runs['status'] != 'ok').sum())} (section 2).")
     return "## 5. Findings\n\n" + " ".join(parts) + "\n"
+
+
+def section_mutual(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    """6. Does training the architectures together help, and whom?"""
+    weight = s.cfg.mutual.weight
+    head = ("## 6. Mutual learning\n\nAfter the final stage, each seed's architectures "
+            f"({_list(sorted(set(s.mutual_runs['arch'])) if s.mutual_runs is not None else [])}) were trained "
+            f"again, jointly on the same batches from the same initialisation, each with its own loss plus "
+            f"{weight} × the mean KL divergence from the others' predictions (deep mutual learning, "
+            f"`bench.mutual`), at the same budget. Each joint run is paired with the same architecture's "
+            f"independent final run of the same seed.\n")
+    if n.mutual is None or not len(n.mutual):
+        return head + "\nNo mutual-stage results stored.\n"
+    rows = []
+    for r in n.mutual.itertuples():
+        rows.append([r.arch, _fmt(r.alone, r.alone_half, r.seeds, 100), _fmt(r.joint, r.joint_half, r.seeds, 100),
+                     f"{100 * r.gain:+.2f} ± {100 * r.half:.2f}" if np.isfinite(r.half) else f"{100 * r.gain:+.2f}",
+                     f"{r.wins}/{r.cells - r.wins - r.losses}/{r.losses}", f"{r.p_holm:.3g}",
+                     f"**{mutual_verdict(r)}**" if r.significant else mutual_verdict(r)])
+    table = _md_table(["architecture", "alone: accuracy (%)", "jointly (%)", "gain (pp, 95 % CI over seeds)",
+                       "cells better/tied/worse", "p (bootstrap, Holm)", "verdict"], rows)
+    failed = s.mutual_runs[s.mutual_runs["status"] != "ok"] if s.mutual_runs is not None else pd.DataFrame()
+    note = (f"\nFailed joint runs: {', '.join(f'{r.arch} seed {r.seed} ({r.reason})' for r in failed.itertuples())}.\n"
+            if len(failed) else "")
+    return (head + "\n" + table + "\n\nThe gain's interval is over seeds (Student-t); the verdict tests the same "
+            "difference over (seed, family) cells with a paired bootstrap, Holm-corrected over architectures. "
+            "`mutual.weight=0` reproduces the independent runs exactly (tested), so any gain is the KL term's.\n"
+            + note + "\n" + _figure(drawn, "mutual.png", "Gain in test accuracy from training jointly, per "
+                                     "architecture (mean over seeds, 95 % interval)."))
+
+
+def mutual_finding(table: pd.DataFrame, weight: float | None) -> str:
+    verdicts = {v: [f"{r.arch} ({100 * r.gain:+.1f} pp)" for r in table.itertuples() if mutual_verdict(r) == v]
+                for v in ("helps", "hurts", "no detectable effect")}
+    parts = [f"it helps {_list(verdicts['helps'])}" if verdicts["helps"] else "it helps no architecture detectably",
+             f"hurts {_list(verdicts['hurts'])}" if verdicts["hurts"] else "",
+             f"has no detectable effect on {_list(verdicts['no detectable effect'])}"
+             if verdicts["no detectable effect"] else ""]
+    return f"**Mutual learning** (KL weight {weight}): " + "; ".join(p for p in parts if p) + "."
 
 
 def render(s: Stored, cfg: Config, n: Numbers, drawn: dict[str, str]) -> str:
@@ -709,9 +1003,13 @@ def render(s: Stored, cfg: Config, n: Numbers, drawn: dict[str, str]) -> str:
     best = (f"Best: **{n.order[0]}** at {_pct(acc.loc[n.order[0], 'mean'])} test accuracy. " if n.order else "")
     intro = (f"# Report: study `{cfg.name}`\n\n{best}Generated by `{rebuild_command(cfg)}` on "
              f"{dt.datetime.now(dt.UTC).date()} from the stored results in `{cfg.output_dir}` (nothing retrained). "
-             "Sections: 1. what was run · 2. headline · 3. paired comparisons · 4. figures · 5. findings.\n")
-    return "\n".join([intro, section_run(s, cfg), section_headline(s, n), section_pairs(n),
-                      section_figures(s, n, drawn), findings(s, n)])
+             "Sections: 1. what was run · 2. headline · 3. paired comparisons · 4. figures · 5. findings"
+             + (" · 6. mutual learning" if s.cfg.mutual.weight is not None or s.mutual is not None else "") + ".\n")
+    sections = [intro, section_run(s, cfg), section_headline(s, n), section_pairs(n), section_figures(s, n, drawn),
+                findings(s, n)]
+    if s.cfg.mutual.weight is not None or s.mutual is not None:
+        sections.append(section_mutual(s, n, drawn))
+    return "\n".join(sections)
 
 
 def build_report(cfg: Config, out: Path | None = None, *, publish: bool = True) -> Path:

@@ -4,7 +4,8 @@ Flow: compose + validate the config (Hydra override grammar, typed schema) -> th
 (`bench.study`: per-architecture Optuna search, then the best configuration retrained on every
 seed, in `workers` processes sharing the study's storage) -> collect what the stages stored into
 tidy tables in `runs/<study>/` (`results.parquet` with a `stage` column, `history.parquet`,
-`runs.parquet`, `trials.parquet`, `overlap.parquet`, `decay.parquet`, `config.yaml`, `meta.yaml`)
+`runs.parquet`, `trials.parquet`, `overlap.parquet`, `decay.parquet`, `cka.parquet`, with a mutual
+stage `mutual.parquet` and `mutual_runs.parquet`, `config.yaml`, `meta.yaml`)
 -> the report in `reports/<study>/` (`bench.report`) -> a summary.
 Rerunning the same command resumes where the study stopped.
 
@@ -38,6 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from bench.analysis import memory_decay
+from bench.analysis.cka import cka_table
 from bench.config import Config, ConfigError, validate
 from bench.data import SequenceSet, TrainStream, seen_in_training
 from bench.metrics import ALL, METRICS, evaluate_baselines
@@ -47,9 +49,11 @@ from bench.study import (
     Context,
     Worker,
     final_name,
+    final_stem,
     first_line,
     is_finished,
     mark_study_dir,
+    mutual_name,
     open_storage,
     progress,
     search_name,
@@ -194,14 +198,36 @@ def collect(cfg: Config) -> dict[str, pd.DataFrame]:
             if runs[-1]["status"] == "ok":
                 results.append(pd.read_parquet(stem.with_suffix(".results.parquet")))
     storage = open_storage(cfg)
+    mutual = mutual_tables(cfg) if cfg.mutual.weight is not None else {}
     return {
+        **mutual,
         "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
         "history": _long_history([h for h in history if len(h)], cfg.name),
         "runs": _runs_table(runs, cfg.name),
         "trials": trials_table(cfg, storage),
         "overlap": pd.concat(overlap, ignore_index=True).assign(study=cfg.name),
         "decay": decay_table(cfg, ctx.test, runs),
+        "cka": cka_table_for(cfg, ctx.test, runs),
     }
+
+
+def mutual_tables(cfg: Config) -> dict[str, pd.DataFrame]:
+    """The mutual stage's members: `mutual` (test scores, the schema of `results`) and `mutual_runs`
+    (one row per member and seed, the schema of `runs`), kept apart from the independent runs."""
+    final = cfg.output_dir / "final"
+    results, runs = [], []
+    for seed in cfg.seeds:
+        for arch in cfg.arch_list:
+            stem = final / final_stem(arch, seed, "mutual")
+            run_file = stem.with_suffix(".run.json")
+            if not run_file.exists():
+                raise RuntimeError(f"mutual run {arch} seed={seed} has no results in {final}")
+            runs.append(json.loads(run_file.read_text()))
+            if runs[-1]["status"] == "ok":
+                results.append(pd.read_parquet(stem.with_suffix(".results.parquet")))
+    scores = _tidy(pd.concat(results, ignore_index=True), cfg.name).assign(stage="mutual") if results \
+        else pd.DataFrame()
+    return {"mutual": scores, "mutual_runs": _runs_table(runs, cfg.name)}
 
 
 PROBE_SEQUENCES = 256  # test sequences the memory-decay probe averages over (spread over every family)
@@ -211,8 +237,7 @@ def decay_table(cfg: Config, test: SequenceSet, runs: list[dict]) -> pd.DataFram
     """Memory-decay curves (`bench.analysis.memory_decay`) of every final model that trained, probed
     on the same test sequences. Each model's curve is computed once, from its stored weights, and
     kept beside its results (final/<arch>-seed<s>.decay.parquet)."""
-    index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
-    tokens = test.seqs[index, :-1]  # the inputs; the probe reads the prediction of the last value
+    tokens = probe_tokens(test)  # the probe reads the prediction of the last value
     frames = []
     for run in runs:
         if run.get("status") != "ok":
@@ -221,16 +246,44 @@ def decay_table(cfg: Config, test: SequenceSet, runs: list[dict]) -> pd.DataFram
         cached = cfg.output_dir / "final" / f"{stem}.decay.parquet"
         weights = cfg.output_dir / "models" / f"{stem}.pt"
         if not cached.exists() or cached.stat().st_mtime < weights.stat().st_mtime:
-            params = {k: run[k] for k in (*SIZE_KEYS, "lr") if run.get(k) is not None}
-            model = build_model(model_config(cfg, run["arch"], params))
-            model.load_state_dict(torch.load(weights, map_location="cpu"))
-            curve = memory_decay(model.eval(), tokens)
+            curve = memory_decay(stored_model(cfg, run).eval(), tokens)
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
             curve.to_parquet(tmp, index=False)
             os.replace(tmp, cached)
         frames.append(pd.read_parquet(cached).assign(study=cfg.name, arch=run["arch"], seed=run["seed"]))
     cols = ["study", "arch", "seed", "variant", "k", "value", "n"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def probe_tokens(test: SequenceSet) -> torch.Tensor:
+    """The inputs (N, L-1) of the PROBE_SEQUENCES test sequences every probe of the final models uses:
+    spread evenly over the test set, hence over every family."""
+    index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
+    return test.seqs[index, :-1]
+
+
+def stored_model(cfg: Config, run: dict) -> torch.nn.Module:
+    """A final run's model (a row of runs.parquet or a run.json) from its stored weights
+    (models/<arch>-seed<s>.pt), on the CPU; missing or NaN sizes take the study's defaults."""
+    params = {k: float(run[k]) if k == "lr" else int(run[k])
+              for k in (*SIZE_KEYS, "lr") if run.get(k) is not None and pd.notna(run[k])}
+    model = build_model(model_config(cfg, run["arch"], params))
+    weights = cfg.output_dir / "models" / f"{run['arch']}-seed{run['seed']}.pt"
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model
+
+
+CKA_COLUMNS = ["study", "seed", "seed_b", "arch_a", "layer_a", "arch_b", "layer_b", "cka", "n"]
+
+
+def cka_table_for(cfg: Config, test: SequenceSet, runs: list[dict]) -> pd.DataFrame:
+    """Linear CKA between the block outputs of the final models that trained (`bench.analysis.cka.cka_table`:
+    every pair of models and layers, within and across seeds), from their stored weights, on the same
+    probe sequences as `decay_table`. Not cached per model: one forward pass per model, seconds for a study."""
+    models = {(str(run["arch"]), int(run["seed"])): stored_model(cfg, run) for run in runs if run.get("status") == "ok"}
+    if not models:
+        return pd.DataFrame(columns=CKA_COLUMNS)
+    return cka_table(models, probe_tokens(test)).assign(study=cfg.name)[CKA_COLUMNS]
 
 
 RUN_COLUMNS = ["study", "stage", "arch", "seed", "status", "reason", "d_model", "num_layers", "d_state", "d_conv",
@@ -259,6 +312,11 @@ def trials_table(cfg: Config, storage: Any) -> pd.DataFrame:
                                "state": tr.state.name, "value": tr.value, "counted": is_finished(tr),
                                "duration_s": tr.duration.total_seconds() if tr.duration else None,
                                **{k: v for k, v in tr.user_attrs.items() if k not in ("arch",)}})
+    if mutual_name(cfg) in names:
+        for tr in optuna.load_study(study_name=mutual_name(cfg), storage=storage).get_trials(deepcopy=False):
+            frames.append({"study": cfg.name, "stage": "mutual", "arch": "cohort", "number": tr.number,
+                           "state": tr.state.name, "value": tr.value, "counted": is_finished(tr),
+                           "duration_s": tr.duration.total_seconds() if tr.duration else None, **tr.user_attrs})
     return pd.DataFrame(frames)
 
 
@@ -391,11 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search stage done; trials in {cfg.storage_url}")
         return 0
     print(summary(tables["results"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    if len(tables.get("mutual", ())):
+        print(f"trained jointly (mutual.weight={cfg.mutual.weight}):")
+        print(summary(tables["mutual"]).to_string(float_format=lambda v: f"{v:.4f}"))
     ov = tables["overlap"]
     print(f"test sequences also drawn in training: {ov.seen.sum() / ov.n.sum():.0%} (per family: overlap.parquet)")
-    failed = tables["runs"].query("status != 'ok'")
-    for _, row in failed.iterrows():
-        print(f"failed: {row.arch} seed={row.seed}: {row.reason}", file=sys.stderr)
+    for name, label in (("runs", ""), ("mutual_runs", " (mutual stage)")):
+        if name in tables and len(tables[name]):
+            for _, row in tables[name].query("status != 'ok'").iterrows():
+                print(f"failed{label}: {row.arch} seed={row.seed}: {row.reason}", file=sys.stderr)
     print(f"wrote {cfg.output_dir}/results.parquet")
     return 0
 

@@ -6,6 +6,13 @@ Final: the best configuration of each architecture retrained on every seed of `s
 on the fixed test set; these runs live in a second Optuna study `<study>/<arch>/final`, so both
 stages share one mechanism for claiming work, heartbeats, retries and resumption.
 
+Mutual (with `mutual.weight` set): per seed, every architecture's final configuration trained
+again jointly (`bench.mutual`: own loss + weight x the mean KL from the others' predictions), in a
+study `<study>/mutual` with a slot per seed; its members' outputs sit beside the final runs'
+(`final/<arch>-seed<s>-mutual.*`). On a CPU at short length (`multiseed`), a worker claims every
+free seed of an architecture's final study at once and trains them as one stacked model
+(`bench.multiseed.train_seeds`), each seed still its own trial, outputs and tracking run.
+
 Work is claimed in slots: a search study has `search.n_trials` slots, a final study one per seed.
 A worker asks Optuna for a trial, then takes the first free slot in trial-number order (a retried
 trial inherits its slot through its user attributes); a trial left without a slot (another worker
@@ -20,6 +27,7 @@ is a finished, FAIL trial with its reason; an over-budget configuration is prune
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,10 +52,12 @@ from bench.data import Curriculum, SequenceSet, TrainStream, make_test_set, vali
 from bench.memory import estimate, measured_bytes, model_on_meta
 from bench.metrics import ALL, continuation, evaluate, score_logits
 from bench.models import build_model
+from bench.multiseed import train_seeds
+from bench.mutual import rng_state, train_mutual
 from bench.search import defaults, iso_params, iso_target, suggest, trial_config
 from bench.seeding import derive_seed
 from bench.tracking import NullRun, WandbRun, start_run
-from bench.train import TrainingDiverged, distance_weighted_ce, train
+from bench.train import SeedResult, TrainingDiverged, distance_weighted_ce, train
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Optuna warns that heartbeats are meant for Study.optimize; the Heartbeat class below records them for ask/tell.
@@ -87,6 +97,8 @@ def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
     if stage == "search":
         keep["train"] = {**keep["train"], "steps": cfg.search.steps or cfg.train.steps}
         keep["search"]["steps"] = None
+    if stage == "mutual":  # the cohort: which architectures train together, and how strongly they pull
+        keep["mutual"] = {**c["mutual"], "archs": cfg.arch_list}
     return keep
 
 
@@ -96,10 +108,14 @@ def _digest(obj: Any) -> str:
 
 def load_study(storage: RDBStorage, cfg: Config, name: str, sampler: optuna.samplers.BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create or load `name`; refuse one that was run under a different configuration."""
+    """Create or load `name`; refuse one that was run under a different configuration.
+
+    A key the stored configuration lacks (a knob added to archbench since, such as a newly registered
+    mixer's defaults) is no difference when its value is the default: defaults reproduce what ran."""
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
                                 sampler=sampler, pruner=pruner)
-    mine = fingerprint(cfg, "final" if name.endswith("/final") else "search")
+    stage = name.rsplit("/", 1)[-1] if name.endswith(("/final", "/mutual")) else "search"
+    mine = fingerprint(cfg, stage)
     digest = _digest(mine)
     stored = study.user_attrs.get("config_digest")
     if stored is None:
@@ -107,16 +123,27 @@ def load_study(storage: RDBStorage, cfg: Config, name: str, sampler: optuna.samp
         study.set_user_attr("config", json.dumps(mine, default=str))
     elif stored != digest:
         old = json.loads(study.user_attrs.get("config", "{}"))
-        new = json.loads(json.dumps(mine, default=str))
-        diff = sorted(_diff(old, new))
-        raise ConfigError(f"study '{name}' in {cfg.storage_url} was run with a different configuration "
-                          f"({', '.join(diff[:4]) or 'unknown keys'} differ); use another out_dir/storage or delete it")
+        new, default = (json.loads(json.dumps(c, default=str)) for c in (mine, fingerprint(Config(), stage)))
+        diff = sorted(_diff(old, new, default))
+        if diff or not old:
+            raise ConfigError(f"study '{name}' in {cfg.storage_url} was run with a different configuration "
+                              f"({', '.join(diff[:4]) or 'unknown keys'} differ); use another out_dir/storage "
+                              f"or delete it")
     return study
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+_ABSENT = object()
+
+
+def _diff(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> list[str]:
+    """Paths where stored `a` and current `b` differ; a path absent from `a` counts only when `b`
+    holds something other than `default` there."""
+    if a is _ABSENT:
+        return [] if b == default else [prefix.rstrip(".")]
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        sub = default if isinstance(default, dict) else {}
+        return [d for k in set(a) | set(b)
+                for d in _diff(a.get(k, _ABSENT), b.get(k), sub.get(k, _ABSENT), f"{prefix}{k}.")]
     return [prefix.rstrip(".")] if a != b else []
 
 
@@ -253,6 +280,60 @@ def study_trial(trial: optuna.Trial) -> FrozenTrial:
     return trial.study._storage.get_trial(trial._trial_id)
 
 
+def plan(ctx: Context, arch: str, trial: optuna.Trial | None, params: dict[str, Any], seed: int, steps: int,
+         ) -> tuple[Config, dict[str, Any], str | None]:
+    """The run's config and first attributes (also set on its trial, if it has one of its own), and
+    why it cannot run: its memory estimate exceeds the budget (None: it can)."""
+    cfg = ctx.cfg
+    tcfg = trial_config(cfg, params)
+    tcfg = replace(tcfg, train=replace(tcfg.train, steps=steps))
+    meta = model_on_meta(tcfg.model_config(arch))
+    est = estimate(meta, tcfg.train.batch_size, cfg.data.length - 1)
+    attrs: dict[str, Any] = {
+        "arch": arch, "seed": seed, "steps_budget": steps, **params,
+        "num_params": meta.num_params(), "state_size": meta.state_size(cfg.data.length),
+        "mem_estimate_gib": est.total_bytes / 2**30,
+    }
+    if est.total_bytes > cfg.memory_budget * 2**30:
+        attrs["pruned_reason"] = f"memory estimate {est} exceeds memory_budget {cfg.memory_budget} GiB"
+    for k, v in attrs.items():
+        if trial is not None:
+            trial.set_user_attr(k, v)
+    return tcfg, attrs, attrs.get("pruned_reason")
+
+
+def build(ctx: Context, arch: str, tcfg: Config, seed: int, attrs: dict[str, Any]) -> torch.nn.Module:
+    """The model every stage trains for (arch, seed): the same initialisation stream for every
+    architecture; records its implementation and measured training memory in `attrs`."""
+    torch.manual_seed(derive_seed("init", seed))
+    model = build_model(tcfg.model_config(arch)).to(ctx.device)
+    attrs["impl"] = ",".join(sorted({str(getattr(b.mixer, "impl_used", "torch")) for b in model.blocks}))
+    attrs["mem_measured_gib"] = measured_bytes(model, ctx.stream(seed).batch(0).to(ctx.device)) / 2**30
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    return model
+
+
+RECORDED = ("impl", "mem_measured_gib", "mem_peak_gib", "pruned_reason", "failure_reason", "steps", "tokens",
+            "wall_s", "resumed_from", "best_step", "stopped_early", "val_loss", "val_ce", "val_accuracy",
+            "val_distance_error", "vectorised", "fallback", "mutual_weight", "cohort")
+
+
+def record(ctx: Context, trial: optuna.Trial | None, attrs: dict[str, Any], result: Any) -> None:
+    """The outcome's attributes, into `attrs` and the run's own trial (if any)."""
+    if ctx.device.type == "cuda":
+        attrs["mem_peak_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    if result is not None:
+        attrs.update(steps=result.steps, tokens=result.tokens, wall_s=round(result.wall_s, 2),
+                     resumed_from=result.resumed_from, best_step=result.best_step,
+                     stopped_early=result.stopped_early)
+        if result.history:
+            attrs.update({k: v for k, v in result.history[-1].items() if k.startswith("val_")})
+    for k in RECORDED:
+        if k in attrs and trial is not None:
+            trial.set_user_attr(k, attrs[k])
+
+
 def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
               seed: int, steps: int, prune: bool, run: NullRun | WandbRun | None = None,
               ) -> tuple[TrialState, float | None, dict[str, Any]]:
@@ -260,32 +341,10 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
     value (best validation loss) and the trained model's record (user attributes, history, model).
     Each validation is also logged to the tracking `run`, against tokens seen."""
     run = run or NullRun()
-    cfg = ctx.cfg
-    tcfg = trial_config(cfg, params)
-    tcfg = replace(tcfg, train=replace(tcfg.train, steps=steps))
-    mcfg = tcfg.model_config(arch)
-    meta = model_on_meta(mcfg)
-    est = estimate(meta, tcfg.train.batch_size, cfg.data.length - 1)
-    attrs: dict[str, Any] = {
-        "arch": arch, "seed": seed, "steps_budget": steps, **params,
-        "num_params": meta.num_params(), "state_size": meta.state_size(cfg.data.length),
-        "mem_estimate_gib": est.total_bytes / 2**30,
-    }
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-    if est.total_bytes > cfg.memory_budget * 2**30:
-        reason = f"memory estimate {est} exceeds memory_budget {cfg.memory_budget} GiB"
-        trial.set_user_attr("pruned_reason", reason)
-        return TrialState.PRUNED, None, {"attrs": {**attrs, "pruned_reason": reason}}
-
-    torch.manual_seed(derive_seed("init", seed))  # the same initialisation stream for every architecture
-    model = build_model(mcfg).to(ctx.device)
-    stream = ctx.stream(seed)
-    attrs["impl"] = ",".join(sorted({str(getattr(b.mixer, "impl_used", "torch")) for b in model.blocks}))
-    attrs["mem_measured_gib"] = measured_bytes(model, stream.batch(0).to(ctx.device)) / 2**30
-    if ctx.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-
+    tcfg, attrs, over = plan(ctx, arch, trial, params, seed, steps)
+    if over:
+        return TrialState.PRUNED, None, {"attrs": attrs}
+    model = build(ctx, arch, tcfg, seed, attrs)
     seen: list[Any] = []  # the live TrainResult, so a pruned trial still reports its progress
 
     def on_validation(res: Any) -> None:
@@ -297,12 +356,12 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
             raise optuna.TrialPruned(f"validation loss {last['val_loss']:.4f} at step {res.steps} "
                                      f"is worse than the median of earlier trials")
 
-    ck = checkpoint_path(cfg, study.study_name, trial)
+    ck = checkpoint_path(ctx.cfg, study.study_name, trial)
     state, value = TrialState.COMPLETE, None
     result = None
     try:
-        result = train(model, tcfg.train, stream, ctx.validator(seed), ctx.curriculum.final_epoch(), ctx.device,
-                       cfg.progress, desc=f"{study.study_name} #{trial.number}", checkpoint=ck,
+        result = train(model, tcfg.train, ctx.stream(seed), ctx.validator(seed), ctx.curriculum.final_epoch(),
+                       ctx.device, ctx.cfg.progress, desc=f"{study.study_name} #{trial.number}", checkpoint=ck,
                        on_validation=on_validation)
         value = result.best_val
     except optuna.TrialPruned as e:
@@ -312,22 +371,25 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
             raise
         state, attrs["failure_reason"] = TrialState.FAIL, first_line(e)
         result = getattr(e, "result", None)
-    if ctx.device.type == "cuda":
-        attrs["mem_peak_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
     result = result or (seen[0] if seen else None)
-    if result is not None:
-        attrs.update(steps=result.steps, tokens=result.tokens, wall_s=round(result.wall_s, 2),
-                     resumed_from=result.resumed_from, best_step=result.best_step,
-                     stopped_early=result.stopped_early)
-        if result.history:
-            attrs.update({k: v for k, v in result.history[-1].items() if k.startswith("val_")})
-    for k in ("impl", "mem_measured_gib", "mem_peak_gib", "pruned_reason", "failure_reason", "steps", "tokens",
-              "wall_s", "resumed_from", "best_step", "stopped_early", "val_loss", "val_ce", "val_accuracy",
-              "val_distance_error"):
-        if k in attrs:
-            trial.set_user_attr(k, attrs[k])
+    record(ctx, trial, attrs, result)
     ck.unlink(missing_ok=True)
     return state, value, {"attrs": attrs, "history": result.history if result else [], "model": model}
+
+
+def joint_outcome(ctx: Context, trial: optuna.Trial | None, attrs: dict[str, Any], model: torch.nn.Module,
+                  res: SeedResult, run: NullRun | WandbRun) -> tuple[TrialState, float | None, dict[str, Any]]:
+    """run_trial's return for a member of a joint loop (bench.multiseed, bench.mutual), its history
+    reported to the tracking run and its own trial (a mutual cohort shares one: None) after the fact."""
+    for row in res.history:
+        run.log(row)
+        if trial is not None:
+            trial.report(row["val_loss"], row["step"])
+    if res.error:
+        attrs["failure_reason"] = res.error
+    record(ctx, trial, attrs, res)
+    state = TrialState.FAIL if res.error else TrialState.COMPLETE
+    return state, None if res.error else res.best_val, {"attrs": attrs, "history": res.history, "model": model}
 
 
 # ---------------------------------------------------------------- the two stages
@@ -339,6 +401,19 @@ def search_name(cfg: Config, arch: str) -> str:
 
 def final_name(cfg: Config, arch: str) -> str:
     return f"{cfg.name}/{arch}/final"
+
+
+def mutual_name(cfg: Config) -> str:
+    """One study for the mutual stage: a slot per seed, each trial trains every architecture jointly."""
+    return f"{cfg.name}/mutual"
+
+
+def stacked(cfg: Config, device: torch.device) -> bool:
+    """Whether the final stage trains a configuration's seeds as one stacked model (`multiseed`):
+    auto = on a CPU at length <= 16, where benchmarks/multiseed.py measured it faster."""
+    if cfg.multiseed == "auto":
+        return device.type == "cpu" and cfg.data.length <= 16
+    return cfg.multiseed == "on"
 
 
 def make_sampler(cfg: Config, arch: str, *salt: Any) -> optuna.samplers.BaseSampler:
@@ -384,13 +459,19 @@ def _final_dir(cfg: Config) -> Path:
     return cfg.output_dir / "final"
 
 
-def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx: Context) -> dict[str, float]:
+def final_stem(arch: str, seed: int, stage: str = "final") -> str:
+    """The file stem of a final (or mutual-stage) run's outputs."""
+    return f"{arch}-seed{seed}" + ("-mutual" if stage == "mutual" else "")
+
+
+def _write_final(cfg: Config, arch: str, seed: int, record: dict[str, Any], ctx: Context,
+                 stage: str = "final") -> dict[str, float]:
     """One final run's outputs, each file written whole then renamed: run row, history and test scores
-    under out_dir/final/<arch>-seed<s>.*, weights in out_dir/models/<arch>-seed<s>.pt. Returns the
+    under out_dir/final/<stem>.*, weights in out_dir/models/<stem>.pt (stem: `final_stem`). Returns the
     study-level test scores ({"test_accuracy": ...}; empty for a failed run)."""
     out = _final_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{arch}-seed{seed}"
+    stem = final_stem(arch, seed, stage)
     files: dict[str, Callable[[Path], None]] = {}
     files[f"{stem}.history.parquet"] = lambda p: pd.DataFrame(record["history"]).assign(arch=arch, seed=seed) \
         .to_parquet(p, index=False)
@@ -442,26 +523,48 @@ class Worker:
                                  pruner=make_pruner(self.cfg))
         return study
 
-    def run(self) -> None:
+    def work(self) -> list[tuple[str, str | None]]:
+        """(stage, architecture) in the order this worker looks for slots; the mutual stage is one
+        study for all architectures."""
         cfg = self.cfg
-        stages = ("search", "final") if cfg.stage == "all" else (cfg.stage,)
+        stages = {"all": ("search", "final", "mutual"), "search": ("search",), "final": ("final", "mutual")}
+        items: list[tuple[str, str | None]] = []
+        for stage in stages[cfg.stage]:
+            if stage == "mutual":
+                items += [("mutual", None)] if cfg.mutual.weight is not None else []
+            else:
+                items += [(stage, arch) for arch in cfg.arch_list]
+        return items
+
+    def run(self) -> None:
         while True:
             busy = False  # some slot is still running in another worker
-            for stage in stages:
-                for arch in cfg.arch_list:
-                    outcome = self.try_one(stage, arch)
-                    if outcome == "ran":
-                        break
-                    busy |= outcome == "busy"
-                else:
-                    continue
-                break  # ran something: start over from the first stage and architecture
+            for stage, arch in self.work():
+                outcome = self.try_one(stage, arch)
+                if outcome == "ran":
+                    break  # ran something: start over from the first stage and architecture
+                busy |= outcome == "busy"
             else:
                 if not busy:
                     return
                 time.sleep(POLL_S)
 
-    def try_one(self, stage: str, arch: str) -> str:
+    def search_done(self, arch: str) -> bool:
+        """Whether `arch`'s search has finished (trivially without one); ConfigError under stage=final
+        when it is unfinished and nobody runs it."""
+        cfg = self.cfg
+        if not cfg.search.n_trials:
+            return True
+        search = self.study(search_name(cfg, arch), arch, True)
+        if search_complete(search, cfg.search.n_trials):
+            return True
+        running = any(t.state == TrialState.RUNNING for t in search.get_trials(deepcopy=False))
+        if cfg.stage == "final" and not running:
+            raise ConfigError(f"stage=final: the search of {arch} is unfinished and no worker is running "
+                              f"it; run stage=search or stage=all first")
+        return False
+
+    def try_one(self, stage: str, arch: str | None) -> str:
         """'ran' a slot, 'busy' (slots held by others, or waiting for the search), or 'done'."""
         cfg = self.cfg
         if stage == "search":
@@ -469,34 +572,42 @@ class Worker:
                 return "done"
             study = self.study(search_name(cfg, arch), arch, search=True)
             n = cfg.search.n_trials
-        else:
-            search = self.study(search_name(cfg, arch), arch, True) if cfg.search.n_trials else None
-            if search is not None and not search_complete(search, cfg.search.n_trials):
-                running = any(t.state == TrialState.RUNNING for t in search.get_trials(deepcopy=False))
-                if cfg.stage == "final" and not running:
-                    raise ConfigError(f"stage=final: the search of {arch} is unfinished and no worker is running "
-                                      f"it; run stage=search or stage=all first")
+        elif stage == "final":
+            if not self.search_done(arch):
                 return "busy"
             study = self.study(final_name(cfg, arch), arch, search=False)
+            n = len(cfg.seeds)
+        else:
+            if not all(self.search_done(a) for a in cfg.arch_list):
+                return "busy"
+            study = self.study(mutual_name(cfg), "mutual", search=False)
             n = len(cfg.seeds)
         optuna.storages.fail_stale_trials(study)
         got = claim(study, self.storage, n)
         if got is None:
             live = [t for t in study.get_trials(deepcopy=False) if _is_live(t)]
             return "done" if sum(t.state.is_finished() for t in live) >= n else "busy"
-        trial, slot = got
-        with Heartbeat(self.storage, trial, cfg.heartbeat):
+        claimed = [got]
+        while stage == "final" and stacked(cfg, self.device) and (more := claim(study, self.storage, n)):
+            claimed.append(more)  # every free seed of this configuration, trained as one stacked model
+        with contextlib.ExitStack() as beats:
+            for trial, _ in claimed:
+                beats.enter_context(Heartbeat(self.storage, trial, cfg.heartbeat))
             if stage == "search":
-                self.search_trial(study, trial, arch, slot)
+                self.search_trial(study, got[0], arch, got[1])
+            elif stage == "mutual":
+                self.mutual_run(study, *got)
+            elif len(claimed) == 1:
+                self.final_run(study, got[0], arch, got[1])
             else:
-                self.final_run(study, trial, arch, slot)
+                self.final_runs(study, claimed, arch)
         return "ran"
 
     def tracked(self, stage: str, arch: str, trial: optuna.Trial, seed: int,
                 params: dict[str, Any]) -> NullRun | WandbRun:
         """The trial's tracking run, its id stored in the trial's attributes."""
         cfg = self.cfg
-        name = f"{arch}-seed{seed}" if stage == "final" else f"{arch}-t{trial.number}"
+        name = final_stem(arch, seed, stage) if stage in ("final", "mutual") else f"{arch}-t{trial.number}"
         config = {"study": cfg.name, "stage": stage, "arch": arch, "seed": seed, "trial": trial.number, **params,
                   "model": asdict(trial_config(cfg, params).model_config(arch)), "train": asdict(cfg.train),
                   "data": asdict(cfg.data)}
@@ -534,20 +645,127 @@ class Worker:
         try:
             params, source = best_params(cfg, self.storage, arch)
         except NoConfiguration as e:
-            rec = {"attrs": {"arch": arch, "seed": seed, "failure_reason": str(e)}, "history": []}
-            params, source, state, value = None, None, TrialState.FAIL, None
-        run: NullRun | WandbRun = NullRun()
-        if params is not None:
+            self.finish(study, trial, "final", arch, seed, NullRun(), None, TrialState.FAIL, None,
+                        {"attrs": {"arch": arch, "seed": seed, "failure_reason": str(e)}, "history": []})
+            return
+        trial.set_user_attr("search_trial", source if source is not None else -1)
+        run = self.tracked("final", arch, trial, seed, params)
+        state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False,
+                                      run=run)
+        self.finish(study, trial, "final", arch, seed, run, source, state, value, rec)
+
+    def final_runs(self, study: optuna.Study, claimed: list[tuple[optuna.Trial, int]], arch: str) -> None:
+        """Several seeds of `arch`'s final configuration trained as one stacked model (`multiseed`);
+        equal to separate final runs to float tolerance (tests/test_multiseed.py)."""
+        cfg, ctx = self.cfg, self.ctx
+        try:
+            params, source = best_params(cfg, self.storage, arch)
+        except NoConfiguration:
+            params = None
+        plans = []
+        for trial, slot in claimed:
+            seed = cfg.seeds[slot]
+            tcfg, attrs, over = plan(ctx, arch, trial, params, seed, cfg.train.steps) if params else (None, {}, "")
+            plans.append((trial, seed, tcfg, attrs, over))
+        if params is None or any(over for *_, over in plans):  # each one fails or is pruned with its reason
+            for trial, slot in claimed:
+                self.final_run(study, trial, arch, slot)
+            return
+        runs, models = [], []
+        for trial, seed, tcfg, attrs, _ in plans:
             trial.set_user_attr("search_trial", source if source is not None else -1)
-            run = self.tracked("final", arch, trial, seed, params)
-            state, value, rec = run_trial(self.ctx, arch, study, trial, params, seed, cfg.train.steps, prune=False,
-                                          run=run)
+            runs.append(self.tracked("final", arch, trial, seed, params))
+            models.append(build(ctx, arch, tcfg, seed, attrs))
+        seeds = [seed for _, seed, *_ in plans]
+        self.log(f"{study.study_name} seeds {seeds}: training as one stacked model")
+        try:
+            results = train_seeds(models, plans[0][2].train, [ctx.stream(s) for s in seeds],
+                                  [ctx.validator(s) for s in seeds], ctx.curriculum.final_epoch(), ctx.device)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            results = [SeedResult(error=first_line(e), fallback="out of memory") for _ in seeds]
+        for (trial, seed, _, attrs, _), model, run, res in zip(plans, models, runs, results, strict=True):
+            attrs.update(vectorised=not res.fallback, fallback=res.fallback)
+            state, value, rec = joint_outcome(ctx, trial, attrs, model, res, run)
+            self.finish(study, trial, "final", arch, seed, run, source, state, value, rec)
+
+    def mutual_run(self, study: optuna.Study, trial: optuna.Trial, slot: int) -> None:
+        """One seed's cohort: every architecture's final configuration trained jointly with the
+        mutual KL pull (`mutual.weight`), from the same initialisation as its final run."""
+        cfg, ctx = self.cfg, self.ctx
+        seed, weight = cfg.seeds[slot], cfg.mutual.weight
+        trial.set_user_attr("seed", seed)
+        cohort, failed = [], []
+        for arch in cfg.arch_list:
+            try:
+                params, source = best_params(cfg, self.storage, arch)
+            except NoConfiguration as e:
+                failed.append((arch, str(e)))
+                continue
+            tcfg, attrs, over = plan(ctx, arch, None, params, seed, cfg.train.steps)
+            if over:
+                failed.append((arch, over))
+                continue
+            attrs.update(mutual_weight=weight, cohort=",".join(cfg.arch_list))
+            model = build(ctx, arch, tcfg, seed, attrs)
+            cohort.append((arch, params, source, tcfg, attrs, model, rng_state(ctx.device)))
+        for arch, why in failed:  # recorded like a failed final run; the others train on without it
+            self.write_member(trial, arch, seed, NullRun(), None, TrialState.FAIL,
+                              {"attrs": {"arch": arch, "seed": seed, "failure_reason": why}, "history": []})
+        if len(cohort) < 2:
+            trial.set_user_attr("failure_reason", f"fewer than two architectures left to train jointly "
+                                                  f"({', '.join(a for a, _ in failed)} failed)")
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"{study.study_name} seed {seed}: failed ({trial.user_attrs['failure_reason']})")
+            return
+        runs = [self.tracked("mutual", arch, trial, seed, params) for arch, params, *_ in cohort]
+        self.log(f"{study.study_name} seed {seed}: training {', '.join(a for a, *_ in cohort)} jointly "
+                 f"(KL weight {weight})")
+        try:
+            results = train_mutual([c[5] for c in cohort], [c[3].train for c in cohort], ctx.stream(seed),
+                                   [ctx.validator(seed)] * len(cohort), weight, ctx.curriculum.final_epoch(),
+                                   ctx.device, rng_states=[c[6] for c in cohort])
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            results = [SeedResult(error=first_line(e)) for _ in cohort]
+        values = []
+        for (arch, _, source, _, attrs, model, _), run, res in zip(cohort, runs, results, strict=True):
+            state, value, rec = joint_outcome(ctx, None, attrs, model, res, run)
+            self.write_member(trial, arch, seed, run, source, state, rec)
+            values += [value] if value is not None else []
+        if values:
+            study.tell(trial, sum(values) / len(values))
+        else:
+            trial.set_user_attr("failure_reason", "every member of the cohort failed")
+            study.tell(trial, state=TrialState.FAIL)
+        self.log(f"{study.study_name} seed {seed}: {len(values)}/{len(cfg.arch_list)} architectures ok")
+
+    def write_member(self, trial: optuna.Trial, arch: str, seed: int, run: NullRun | WandbRun,
+                     source: int | None, state: TrialState, rec: dict[str, Any]) -> None:
+        """A mutual-stage member's outputs, as a final run's, under final/<arch>-seed<s>-mutual.*."""
+        attrs = self.close(trial, "mutual", arch, seed, run, source, state, rec)
+        trial.set_user_attr(f"{arch}_status", attrs["status"])
+        if "val_accuracy" in attrs:
+            trial.set_user_attr(f"{arch}_val_accuracy", attrs["val_accuracy"])
+
+    def close(self, trial: optuna.Trial, stage: str, arch: str, seed: int, run: NullRun | WandbRun,
+              source: int | None, state: TrialState, rec: dict[str, Any]) -> dict[str, Any]:
+        """A final run's outputs written and its tracking run closed; returns its attributes."""
         attrs = rec["attrs"]
-        attrs.update(stage="final", search_trial=source, status="ok" if state == TrialState.COMPLETE else "failed",
+        attrs.update(stage=stage, search_trial=source, status="ok" if state == TrialState.COMPLETE else "failed",
                      reason=attrs.get("failure_reason") or attrs.get("pruned_reason") or "", trial=trial.number,
                      device=str(self.device))
-        test = _write_final(cfg, arch, seed, rec, self.ctx)
+        test = _write_final(self.cfg, arch, seed, rec, self.ctx, stage=stage)
         run.finish({**attrs, **test}, failure=attrs["reason"] or None)
+        return attrs
+
+    def finish(self, study: optuna.Study, trial: optuna.Trial, stage: str, arch: str, seed: int,
+               run: NullRun | WandbRun, source: int | None, state: TrialState, value: float | None,
+               rec: dict[str, Any]) -> None:
+        """A final run closed (`close`) and its trial told."""
+        attrs = self.close(trial, stage, arch, seed, run, source, state, rec)
         if state != TrialState.COMPLETE:  # diverged, over the memory budget, or nothing to retrain
             trial.set_user_attr("failure_reason", attrs["reason"])
             state = TrialState.FAIL
@@ -578,17 +796,20 @@ def progress(cfg: Config, storage: RDBStorage) -> tuple[int, int, dict[str, floa
     """(finished slots, total slots, best search value per architecture) read from the storage."""
     done, total, best = 0, 0, {}
     names = optuna.get_all_study_names(storage)
-    for arch in cfg.arch_list:
-        for name, n in ((search_name(cfg, arch), cfg.search.n_trials), (final_name(cfg, arch), len(cfg.seeds))):
-            total += n
-            if name not in names or n == 0:
-                continue
-            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-            done += min(n, sum(is_finished(t) for t in trials))
-            if name == search_name(cfg, arch):
-                values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-                if values:
-                    best[arch] = min(values)
+    slots = [(arch, name, n) for arch in cfg.arch_list
+             for name, n in ((search_name(cfg, arch), cfg.search.n_trials), (final_name(cfg, arch), len(cfg.seeds)))]
+    if cfg.mutual.weight is not None:
+        slots.append((None, mutual_name(cfg), len(cfg.seeds)))
+    for arch, name, n in slots:
+        total += n
+        if name not in names or n == 0:
+            continue
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        done += min(n, sum(is_finished(t) for t in trials))
+        if arch is not None and name == search_name(cfg, arch):
+            values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+            if values:
+                best[arch] = min(values)
     return done, total, best
 
 

@@ -226,3 +226,55 @@ def train(
     model.eval()
     res.wall_s = time.perf_counter() - start
     return res
+
+
+# ---------------------------------------------------------------- joint loops (bench.multiseed, bench.mutual)
+
+Validate = Callable[[nn.Module, int, float], dict[str, float]]
+
+
+@dataclass
+class SeedResult(TrainResult):
+    """`TrainResult` of one member of a joint loop, plus what `train` would have raised and how it ran."""
+
+    error: str | None = None  # the TrainingDiverged message `train` would have raised; None: it finished
+    fallback: str = ""  # why this member was trained alone by `train` ("" when trained jointly)
+
+
+@dataclass
+class Member:
+    """One model of a loop that trains several at once: what `train` keeps in local variables."""
+
+    model: nn.Module
+    stream: TrainStream
+    validate: Validate
+    res: SeedResult = field(default_factory=SeedResult)
+    best_state: dict | None = None
+    wait: int = 0
+    done: bool = False
+
+
+def validate_member(m: Member, cfg: TrainConfig, train_loss: float, epoch: float, lr: float,
+                    final_epoch: float) -> None:
+    """`train`'s validation, early stopping and divergence check, for one member of a joint loop:
+    sets `m.done` when it stops, with `m.res.error` set where `train` would raise TrainingDiverged."""
+    res = m.res
+    if not math.isfinite(train_loss):
+        res.error, m.done = f"non-finite training loss ({train_loss}) at step {res.steps}", True
+        return
+    m.model.eval()
+    with torch.no_grad():
+        val = m.validate(m.model, len(res.history) + 1, epoch)
+    m.model.train()
+    res.history.append({"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": lr,
+                        "train_loss": train_loss, **val})
+    if not math.isfinite(val["val_loss"]):
+        res.error, m.done = f"non-finite validation loss at step {res.steps}", True
+        return
+    if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
+        res.best_val, res.best_step, m.wait = val["val_loss"], res.steps, 0
+        m.best_state = copy.deepcopy(m.model.state_dict())
+    else:
+        m.wait += 1
+        if cfg.early_stopping and m.wait >= cfg.patience:
+            res.stopped_early, m.done = True, True

@@ -29,6 +29,7 @@ def test_bare_loop_and_harness_reach_identical_weights(arch):
 def test_perf_report_has_every_ratio(tmp_path, capsys):
     assert main(["--archs", "lstm", "--sizes", "16x8", "--seconds", "0.1", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
-    for column in ("steps/s", "tokens/s", "harness/bare", "gen/consumption", "decode speed-up", "mem estimate MiB"):
+    for column in ("steps/s", "tokens/s", "harness/bare", "ratio IQR", "validation share", "gen/consumption",
+                   "decode speed-up", "mem estimate MiB"):
         assert column in text
     assert main(["--sizes", "16by8"]) == 2 and "error: sizes" in capsys.readouterr().err

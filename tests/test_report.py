@@ -30,6 +30,7 @@ ARCHS = {"transformer": 0.9, "lstm": 0.5, "mamba": 0.5}  # accuracy on predictab
 FAMILIES = ("lag_1", "lag_2")
 SEEDS = (0, 1, 2)
 N_SEQ, LENGTH = 10, 8
+CKA_LAST = {("lstm", "mamba"): 0.8, ("lstm", "transformer"): 0.4, ("mamba", "transformer"): 0.5}  # last blocks
 
 
 # ---------------------------------------------------------------- statistics
@@ -98,14 +99,27 @@ def _scores(rates: dict[str, float]) -> pd.DataFrame:
     return aggregate(pd.DataFrame(rows))
 
 
+def _cka(a: str, seed_a: int, la: int, b: str, seed_b: int, lb: int) -> float:
+    """A hand-made CKA value: architectures on one seed share the embedding (0.95), on different seeds
+    not (0.3); at the last blocks (layer 2) CKA_LAST, 0.05 lower across seeds; one architecture on two
+    seeds 0.9 there."""
+    if (a, seed_a) == (b, seed_b):
+        return 1.0 if la == lb else 0.5
+    if a == b:
+        return 0.9 if la == lb == 2 else 0.3
+    if la == lb == 2:
+        return CKA_LAST[tuple(sorted((a, b)))] - (0.05 if seed_a != seed_b else 0.0)
+    return (0.95 if seed_a == seed_b else 0.3) if la == lb == 0 else 0.4
+
+
 def make_study(tmp_path: Path, storage: bool = True) -> tuple:
     """A tiny stored study written as bench.run writes one, plus (if `storage`) its Optuna storage:
     transformer beats lstm in every (seed, family) cell; mamba differs from lstm by ±1 sequence,
     alternating; mamba's seed 2 failed."""
     out = tmp_path / "study"
     cfg = compose_config(["study=smoke", f"out_dir={out}", "archs=[lstm,mamba,transformer]", "seeds=[0,1,2]",
-                          "search.n_trials=4", "progress=false"])
-    results, history, runs, trials, decay = [], [], [], [], []
+                          "search.n_trials=4", "progress=false", "mutual.weight=1"])
+    results, history, runs, trials, decay, mutual, mutual_runs = [], [], [], [], [], [], []
     base = pd.DataFrame({"phase": 4, "family": np.repeat(FAMILIES, N_SEQ * (LENGTH - 1)),
                          "position": np.tile(np.arange(LENGTH - 1), N_SEQ * len(FAMILIES))})
     for seed in SEEDS:
@@ -132,6 +146,11 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
             # mamba: one sequence more or fewer than lstm, alternating over the cells (mean difference 0)
             rates = {f: rate + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0) for i, f in enumerate(FAMILIES)}
             results.append(_scores(rates).assign(arch=arch, seed=seed))
+            # mutual stage: transformer gains 1 sequence in every cell, the others are unchanged
+            gain = 1 / N_SEQ if arch == "transformer" else 0.0
+            mutual.append(_scores({f: r + gain for f, r in rates.items()}).assign(arch=arch, seed=seed))
+            mutual_runs.append({"study": "smoke", "stage": "mutual", "arch": arch, "seed": seed, "status": "ok",
+                                "reason": ""})
             results.append(pd.DataFrame([{"phase": pd.NA, "family": "all", "position": pd.NA,
                                           "metric": "continuation_accuracy", "value": rate * 0.9, "n": 40}])
                            .astype({"phase": "Int64", "position": "Int64"}).assign(arch=arch, seed=seed))
@@ -145,6 +164,7 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
                            "value": 1.0 + number, "counted": True, "num_params": 5_000 * (number + 1),
                            "val_accuracy": 0.2 + 0.1 * number})
     cols = ["study", "stage", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
+    models = [(r["arch"], r["seed"]) for r in runs if r["status"] == "ok"]
     tables = {
         "results": pd.concat(results, ignore_index=True).assign(study="smoke", stage="final")[cols],
         "history": pd.DataFrame(history), "runs": pd.DataFrame(runs), "trials": pd.DataFrame(trials),
@@ -152,6 +172,11 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
                                   "seen_fraction": 1.0 if f == "lag_1" else 0.1, "seed": s, "study": "smoke"}
                                  for s in SEEDS for f in FAMILIES]),
         "decay": pd.DataFrame(decay),
+        "mutual": pd.concat(mutual, ignore_index=True).assign(study="smoke", stage="mutual")[cols],
+        "mutual_runs": pd.DataFrame(mutual_runs),
+        "cka": pd.DataFrame([{"study": "smoke", "seed": sa, "seed_b": sb, "arch_a": a, "layer_a": la, "arch_b": b,
+                              "layer_b": lb, "cka": _cka(a, sa, la, b, sb, lb), "n": N_SEQ * (LENGTH - 1)}
+                             for a, sa in models for b, sb in models for la in range(3) for lb in range(3)]),
     }
     write_outputs(cfg, tables, {"command": "python -m bench.run study=smoke", "commit": "abc1234",
                                 "date": "2026-01-01T00:00:00+00:00", "machine": "test", "workers": 1,
@@ -205,6 +230,22 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     assert "**Best overall:** transformer" in findings and "transformer > lstm" in findings
     assert "k=7 (mamba)" in findings  # exp(-(k-1)/3) > 0.1 up to k=7
     assert "transformer 2" in findings  # lag recall: 90 % of the predictable positions at lag 2
+    # 4g and its finding: representation similarity
+    assert "### g. Representation similarity" in text and "](cka.png)" in text and "](cka_layers.png)" in text
+    assert re.search(r"most similar pair of architectures is (lstm–mamba|mamba–lstm) \(0\.80\), the least similar "
+                     r"transformer–lstm \(0\.40\), the mean over 3 pairs 0\.57 \(0\.52 between architectures on "
+                     r"different seeds\), against 0\.90 for one architecture on two seeds", findings)
+    assert "less similar to each other than two trainings of one (ratio 0.57)" in findings  # 0.517 / 0.9
+    assert "similarity rises with depth: 0.30 at the embedding" in findings and "0.52 at the last block" in findings
+    assert "on the same seed the embeddings score 0.95" in findings
+    # section 6: mutual learning helps transformer (one more sequence right in every cell), no one else
+    mutual = text[text.index("## 6. Mutual learning"):]
+    rows = {line.split("|")[1].strip(): line for line in mutual.splitlines() if line.startswith("| ")}
+    assert "**helps**" in rows["transformer"] and "+9.29 ± 0.00" in rows["transformer"]  # 1/10 of 13/14 predictable
+    assert "no detectable effect" in rows["lstm"] and "+0.00" in rows["lstm"] and "| 0/6/0 |" in rows["lstm"]
+    assert "6/0/0" in rows["transformer"] and "](mutual.png)" in mutual
+    assert "**Mutual learning** (KL weight 1.0): it helps transformer (+9.3 pp); has no detectable effect on " \
+           "lstm (+0.0 pp) and mamba (+0.0 pp)" in findings
     # published: a note on every study, the README and figures as artifacts of every final study
     printed = capsys.readouterr().out
     assert "attached the report to 3 final studies" in printed
@@ -228,12 +269,15 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
 def test_missing_decay_and_no_storage_are_said_and_stale_figures_removed(tmp_path):
     cfg, out = make_study(tmp_path, storage=False)
     (out / "decay.parquet").unlink()
+    (out / "cka.parquet").unlink()  # and no stored weights to compute it from
     stale = tmp_path / "report" / "memory_decay.png"  # from an earlier report, when there were curves
     stale.parent.mkdir()
     stale.write_bytes(b"old")
     text = build_report(cfg, tmp_path / "report").read_text()
     assert "No figure: no memory-decay curves stored (decay.parquet missing)" in text
     assert "no Optuna storage" in text and "**Memory:** no decay curves stored" in text
+    assert ("No figure: no representation similarity stored (cka.parquet missing) and no stored model weights to "
+            "compute it from" in text and "**Representations:** no similarity table" in text)
     assert not stale.exists() and not (stale.parent / "importance.png").exists()
     assert not (out / "optuna.db").exists()  # neither the report nor publishing creates a storage
 
@@ -286,8 +330,12 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
     overrides = ["study=smoke", f"out_dir={tmp_path / 'run'}", "archs=[lstm,transformer]", "seeds=[0,1]",
                  "train.steps=20", "train.val_every=10", "train.batch_size=8", "data.test_per_family=8",
                  "data.val_size=8", "search.n_trials=3", "search.steps=10", "search.space.d_model=[16,32]",
-                 "search.space.d_state=[4,8]", "progress=false", "tracking=none", "report=false"]
+                 "search.space.d_state=[4,8]", "progress=false", "tracking=none", "report=false", "mutual.weight=1"]
     assert run_main(overrides) == 0
+    cka, runs = pd.read_parquet(tmp_path / "run" / "cka.parquet"), pd.read_parquet(tmp_path / "run" / "runs.parquet")
+    assert len(cka) == (runs["num_layers"] + 1).sum() ** 2  # every ordered pair of (model, layer), 4 models
+    assert cka["cka"].between(0, 1 + 1e-9).all()
+    (tmp_path / "run" / "cka.parquet").unlink()  # a study collected before cka.parquet: computed from the weights
     assert report.main([*overrides, "--out", str(tmp_path / "report")]) == 0
     readme = tmp_path / "report" / "README.md"
     assert f"wrote {readme}" in capsys.readouterr().out
@@ -297,5 +345,7 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
         assert (readme.parent / name).is_file() and f"]({name})" in text, name
     assert not (readme.parent / "lag_accuracy.png").exists()
     assert "| **lstm** |" in text and "| **transformer** |" in text and "*baseline: extrapolate*" in text
+    assert "computed it from the stored weights of 4 final models" in text
+    assert "## 6. Mutual learning" in text and "| lstm |" in text[text.index("## 6."):]
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(
         study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES)

@@ -26,24 +26,30 @@ def run_cli(tmp_path: Path, *overrides: str) -> Path:
 
 
 def test_studies_exist_and_compose():
-    assert {"smoke", "phase1", "phase2", "phase3", "curriculum", "memory"} <= set(study_names())
+    assert {"smoke", "phase1", "phase2", "phase3", "curriculum", "memory", "mutual"} <= set(study_names())
     for name in study_names():
         cfg = compose_config([f"study={name}"])
-        assert cfg.name == name and cfg.arch_list == mixer_names()
+        assert cfg.name == name
+        if name == "mutual":  # a chosen cohort of four mechanisms
+            assert len(cfg.arch_list) == 4 and set(cfg.arch_list) <= set(mixer_names()) and cfg.mutual.weight > 0
+        else:  # every registered architecture joins every other study
+            assert cfg.arch_list == mixer_names() and cfg.mutual.weight is None
 
 
 @pytest.mark.parametrize("study", study_names())
 def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
     out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]", "search.n_trials=1")
+    cfg = compose_config([f"study={study}"])
     results = pd.read_parquet(out / "results.parquet")
     assert {"arch", "seed", "phase", "family", "metric", "value", "position", "study", "stage"} <= set(results.columns)
     trials = pd.read_parquet(out / "trials.parquet")
-    assert trials.groupby("stage").arch.nunique().to_dict() == {"final": len(mixer_names()),
-                                                                "search": len(mixer_names())}
-    assert set(results.arch) == set(mixer_names()) | set(BASELINES)
+    stages = {"final": len(cfg.arch_list), "search": len(cfg.arch_list)}
+    assert trials.groupby("stage").arch.nunique().to_dict() == stages | ({"mutual": 1} if cfg.mutual.weight else {})
+    assert set(results.arch) == set(cfg.arch_list) | set(BASELINES)
     assert {"accuracy", "distance_error", "loss", "continuation_accuracy"} <= set(results.metric)
-    cfg = compose_config([f"study={study}"])
     assert set(results.phase.dropna()) == set(cfg.data.phases)
+    if cfg.mutual.weight:
+        assert set(pd.read_parquet(out / "mutual.parquet").arch) == set(cfg.arch_list)
 
 
 def test_outputs_history_runs_config_and_weights(tmp_path, capsys):

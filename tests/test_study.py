@@ -162,6 +162,25 @@ def test_a_study_run_under_another_configuration_is_refused(tmp_path, capsys):
     assert "different configuration (train.lr differ)" in capsys.readouterr().err
 
 
+def test_a_knob_added_since_with_its_default_does_not_invalidate_a_stored_study(tmp_path):
+    """A study stored before a mixer was registered (its fingerprint lacks that mixer's knobs) is
+    still the same study; the same knob set to a non-default value is a difference."""
+    cfg = tiny(tmp_path, "archs=[lstm]")
+    engine.mark_study_dir(cfg)
+    storage = engine.open_storage(cfg)
+    study = engine.load_study(storage, cfg, "s/lstm")
+    old = json.loads(study.user_attrs["config"])
+    del old["model"]["mixer"]["transformer"]  # as if transformer had been registered after this ran
+    study.set_user_attr("config", json.dumps(old))
+    study.set_user_attr("config_digest", engine._digest(old))
+    engine.load_study(storage, cfg, "s/lstm")  # accepted: the new key holds its default
+    changed = tiny(tmp_path, "archs=[lstm]", "model.mixer.transformer.n_heads=4")
+    with pytest.raises(engine.ConfigError, match=r"model\.mixer\.transformer differ"):
+        engine.load_study(storage, changed, "s/lstm")
+    with pytest.raises(engine.ConfigError, match=r"train\.lr differ"):
+        engine.load_study(storage, tiny(tmp_path, "archs=[lstm]", "train.lr=0.05"), "s/lstm")
+
+
 def test_unreachable_storage_is_a_one_line_error(tmp_path, capsys):
     bad = "postgresql+psycopg2://nobody:x@127.0.0.1:9/none"
     assert main(["study=smoke", *TINY, "archs=[lstm]", f"out_dir={tmp_path / 'out'}", f"storage={bad}"]) == 2
@@ -351,3 +370,61 @@ def test_trials_are_pruned_mid_budget_but_never_at_their_last_validation(tmp_pat
         assert [(t.state.name, t.user_attrs["steps"]) for t in done] == [("COMPLETE", 9), ("PRUNED", 6), ("PRUNED", 6)]
     else:  # worse only at the last validation: the trial is finished, so it completes with its value
         assert [(t.state.name, t.user_attrs["steps"]) for t in done] == [("COMPLETE", 9)] * 3
+
+
+def test_stacked_final_runs_match_separate_ones(tmp_path):
+    """multiseed=on trains a configuration's seeds as one stacked model: the same test scores as
+    separate runs (float tolerance), each seed its own trial with its intermediate values."""
+    args = ["study=smoke", *TINY, "archs=[transformer,s4d]", "seeds=[0,1,2]"]
+    assert main([*args, "multiseed=off", f"out_dir={tmp_path / 'off'}"]) == 0
+    assert main([*args, "multiseed=on", f"out_dir={tmp_path / 'on'}"]) == 0
+    keys = ["arch", "seed", "phase", "family", "position", "metric"]
+    off, on = (pd.read_parquet(tmp_path / d / "results.parquet").set_index(keys).value for d in ("off", "on"))
+    pd.testing.assert_series_equal(on.sort_index(), off.sort_index(), atol=1e-4, rtol=1e-5)
+    runs = pd.read_parquet(tmp_path / "on" / "runs.parquet")
+    assert runs.vectorised.all() and len(runs) == 6
+    assert "vectorised" not in pd.read_parquet(tmp_path / "off" / "runs.parquet")
+    cfg = tiny(tmp_path, "archs=[transformer,s4d]", "seeds=[0,1,2]", f"out_dir={tmp_path / 'on'}")
+    final = trials(cfg, "smoke/s4d/final")
+    assert [t.state.name for t in final] == ["COMPLETE"] * 3
+    assert sorted(t.user_attrs["seed"] for t in final) == [0, 1, 2]
+    assert all(len(t.intermediate_values) == 2 for t in final)  # validations at steps 3 and 6
+
+
+def test_the_mutual_stage_with_weight_zero_reproduces_the_final_runs_exactly(tmp_path):
+    """mutual.weight=0 is the joint loop without its KL term: each member's test scores equal its
+    independent final run's, bit for bit; a positive weight changes them; a changed weight is refused."""
+    args = ["study=smoke", *TINY, "archs=[lstm,transformer]", "seeds=[0,1]", "multiseed=off"]
+    assert main([*args, "mutual.weight=0", f"out_dir={tmp_path / 'zero'}"]) == 0
+    keys = ["arch", "seed", "phase", "family", "position", "metric"]
+    out = tmp_path / "zero"
+    final = pd.read_parquet(out / "results.parquet")
+    final = final[final.arch.isin(["lstm", "transformer"])].set_index(keys).value.sort_index()
+    mutual = pd.read_parquet(out / "mutual.parquet").set_index(keys).value.sort_index()
+    pd.testing.assert_series_equal(mutual, final, check_exact=True)
+    runs = pd.read_parquet(out / "mutual_runs.parquet")
+    assert (runs.stage == "mutual").all() and (runs.status == "ok").all() and len(runs) == 4
+    assert sorted((out / "models").glob("*-mutual.pt")) and (out / "final" / "lstm-seed1-mutual.run.json").exists()
+    t = pd.read_parquet(out / "trials.parquet")
+    assert t.groupby("stage").size().to_dict() == {"final": 4, "mutual": 2, "search": 4}
+
+    assert main([*args, "mutual.weight=2", f"out_dir={tmp_path / 'two'}"]) == 0
+    pulled = pd.read_parquet(tmp_path / "two" / "mutual.parquet").set_index(keys).value.sort_index()
+    assert not pulled.equals(mutual)
+    assert main([*args, "mutual.weight=1", f"out_dir={tmp_path / 'two'}"]) == 2  # not the study that ran
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mutual.weight=-1", "mutual.weight must be a non-negative number"),
+    ("multiseed=sometimes", "multiseed must be auto, on or off"),
+])
+def test_bad_mutual_and_multiseed_settings_are_one_line_errors(tmp_path, capsys, override, message):
+    assert main(["study=smoke", *TINY, "archs=[lstm,s4d]", override, f"out_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_mutual_learning_needs_two_architectures(tmp_path, capsys):
+    assert main(["study=smoke", *TINY, "archs=[lstm]", "mutual.weight=1", f"out_dir={tmp_path / 'out'}"]) == 2
+    assert "needs at least two archs" in capsys.readouterr().err
