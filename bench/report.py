@@ -51,7 +51,7 @@ from bench.study import final_name, first_line, open_storage, search_name
 
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml")  # without these there is nothing to report
 # <name>.parquet; a missing one is noted in its section
-OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "mutual", "mutual_runs")
+OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "mutual", "mutual_runs", "mutual_kl")
 RESAMPLES = 10_000  # paired bootstrap resamples
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
@@ -168,6 +168,7 @@ class Stored:
     cka_note: str = ""  # where the cka table came from when not stored, or why there is none
     mutual: pd.DataFrame | None = None  # the mutual stage's test scores (schema of results)
     mutual_runs: pd.DataFrame | None = None
+    mutual_kl: pd.DataFrame | None = None  # pairwise KL between architectures' predictions, alone and jointly
 
 
 def load(cfg: Config) -> Stored:
@@ -978,13 +979,20 @@ def section_mutual(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
                      f"**{mutual_verdict(r)}**" if r.significant else mutual_verdict(r)])
     table = _md_table(["architecture", "alone: accuracy (%)", "jointly (%)", "gain (pp, 95 % CI over seeds)",
                        "cells better/tied/worse", "p (bootstrap, Holm)", "verdict"], rows)
+    agree = ""
+    if s.mutual_kl is not None and len(s.mutual_kl):
+        kl = s.mutual_kl.groupby("training")["kl"].mean()
+        if {"alone", "jointly"} <= set(kl.index):
+            agree = (f"\nDid the pull act? The mean KL divergence between two architectures' predictions on the "
+                     f"test probes (same seed, every position) is {kl['alone']:.3f} nats trained alone and "
+                     f"{kl['jointly']:.3f} jointly ({kl['jointly'] / kl['alone']:.0%} of it).\n")
     failed = s.mutual_runs[s.mutual_runs["status"] != "ok"] if s.mutual_runs is not None else pd.DataFrame()
     note = (f"\nFailed joint runs: {', '.join(f'{r.arch} seed {r.seed} ({r.reason})' for r in failed.itertuples())}.\n"
             if len(failed) else "")
     return (head + "\n" + table + "\n\nThe gain's interval is over seeds (Student-t); the verdict tests the same "
             "difference over (seed, family) cells with a paired bootstrap, Holm-corrected over architectures. "
             "`mutual.weight=0` reproduces the independent runs exactly (tested), so any gain is the KL term's.\n"
-            + note + "\n" + _figure(drawn, "mutual.png", "Gain in test accuracy from training jointly, per "
+            + agree + note + "\n" + _figure(drawn, "mutual.png", "Gain in test accuracy from training jointly, per "
                                      "architecture (mean over seeds, 95 % interval)."))
 
 

@@ -5,7 +5,7 @@ Flow: compose + validate the config (Hydra override grammar, typed schema) -> th
 seed, in `workers` processes sharing the study's storage) -> collect what the stages stored into
 tidy tables in `runs/<study>/` (`results.parquet` with a `stage` column, `history.parquet`,
 `runs.parquet`, `trials.parquet`, `overlap.parquet`, `decay.parquet`, `cka.parquet`, with a mutual
-stage `mutual.parquet` and `mutual_runs.parquet`, `config.yaml`, `meta.yaml`)
+stage `mutual.parquet`, `mutual_runs.parquet` and `mutual_kl.parquet`, `config.yaml`, `meta.yaml`)
 -> the report in `reports/<study>/` (`bench.report`) -> a summary.
 Rerunning the same command resumes where the study stopped.
 
@@ -198,7 +198,7 @@ def collect(cfg: Config) -> dict[str, pd.DataFrame]:
             if runs[-1]["status"] == "ok":
                 results.append(pd.read_parquet(stem.with_suffix(".results.parquet")))
     storage = open_storage(cfg)
-    mutual = mutual_tables(cfg) if cfg.mutual.weight is not None else {}
+    mutual = mutual_tables(cfg, ctx.test, runs) if cfg.mutual.weight is not None else {}
     return {
         **mutual,
         "results": _tidy(pd.concat(results, ignore_index=True), cfg.name),
@@ -211,9 +211,10 @@ def collect(cfg: Config) -> dict[str, pd.DataFrame]:
     }
 
 
-def mutual_tables(cfg: Config) -> dict[str, pd.DataFrame]:
-    """The mutual stage's members: `mutual` (test scores, the schema of `results`) and `mutual_runs`
-    (one row per member and seed, the schema of `runs`), kept apart from the independent runs."""
+def mutual_tables(cfg: Config, test: SequenceSet, alone: list[dict]) -> dict[str, pd.DataFrame]:
+    """The mutual stage's members: `mutual` (test scores, the schema of `results`), `mutual_runs`
+    (one row per member and seed, the schema of `runs`), kept apart from the independent runs, and
+    `mutual_kl` (`agreement`: did the pull make the architectures predict alike?)."""
     final = cfg.output_dir / "final"
     results, runs = [], []
     for seed in cfg.seeds:
@@ -227,7 +228,24 @@ def mutual_tables(cfg: Config) -> dict[str, pd.DataFrame]:
                 results.append(pd.read_parquet(stem.with_suffix(".results.parquet")))
     scores = _tidy(pd.concat(results, ignore_index=True), cfg.name).assign(stage="mutual") if results \
         else pd.DataFrame()
-    return {"mutual": scores, "mutual_runs": _runs_table(runs, cfg.name)}
+    kl = pd.concat([agreement(cfg, test, alone).assign(training="alone"),
+                    agreement(cfg, test, runs).assign(training="jointly")], ignore_index=True)
+    return {"mutual": scores, "mutual_runs": _runs_table(runs, cfg.name), "mutual_kl": kl.assign(study=cfg.name)}
+
+
+def agreement(cfg: Config, test: SequenceSet, runs: list[dict]) -> pd.DataFrame:
+    """KL(p_a || p_b) between every two architectures' predictions of the same seed (nats, mean over
+    every position of the probe sequences), from the stored weights: what the mutual term minimises."""
+    tokens, rows = probe_tokens(test), []
+    for seed in sorted({int(r["seed"]) for r in runs}):
+        log_p = {}
+        for run in (r for r in runs if int(r["seed"]) == seed and r.get("status") == "ok"):
+            with torch.no_grad():
+                log_p[run["arch"]] = torch.log_softmax(stored_model(cfg, run).eval()(tokens).double(), -1)
+        rows += [{"seed": seed, "arch_a": a, "arch_b": b,
+                  "kl": float((log_p[a].exp() * (log_p[a] - log_p[b])).sum(-1).mean())}
+                 for a in log_p for b in log_p if a != b]
+    return pd.DataFrame(rows, columns=["seed", "arch_a", "arch_b", "kl"])
 
 
 PROBE_SEQUENCES = 256  # test sequences the memory-decay probe averages over (spread over every family)
@@ -263,12 +281,13 @@ def probe_tokens(test: SequenceSet) -> torch.Tensor:
 
 
 def stored_model(cfg: Config, run: dict) -> torch.nn.Module:
-    """A final run's model (a row of runs.parquet or a run.json) from its stored weights
-    (models/<arch>-seed<s>.pt), on the CPU; missing or NaN sizes take the study's defaults."""
+    """A final (or mutual-stage) run's model (a row of runs.parquet or a run.json) from its stored
+    weights (models/<arch>-seed<s>[-mutual].pt), on the CPU; missing or NaN sizes take the study's defaults."""
     params = {k: float(run[k]) if k == "lr" else int(run[k])
               for k in (*SIZE_KEYS, "lr") if run.get(k) is not None and pd.notna(run[k])}
     model = build_model(model_config(cfg, run["arch"], params))
-    weights = cfg.output_dir / "models" / f"{run['arch']}-seed{run['seed']}.pt"
+    stage = run.get("stage") if isinstance(run.get("stage"), str) else "final"
+    weights = cfg.output_dir / "models" / f"{final_stem(run['arch'], int(run['seed']), stage)}.pt"
     model.load_state_dict(torch.load(weights, map_location="cpu"))
     return model
 

@@ -407,6 +407,9 @@ def test_the_mutual_stage_with_weight_zero_reproduces_the_final_runs_exactly(tmp
     assert sorted((out / "models").glob("*-mutual.pt")) and (out / "final" / "lstm-seed1-mutual.run.json").exists()
     t = pd.read_parquet(out / "trials.parquet")
     assert t.groupby("stage").size().to_dict() == {"final": 4, "mutual": 2, "search": 4}
+    kl = pd.read_parquet(out / "mutual_kl.parquet").set_index(["training", "seed", "arch_a", "arch_b"]).kl
+    assert len(kl) == 2 * 2 * 2 and (kl > 0).all()  # (alone, jointly) x seeds x ordered pairs
+    pd.testing.assert_series_equal(kl["jointly"], kl["alone"], check_exact=True)  # the same models
 
     assert main([*args, "mutual.weight=2", f"out_dir={tmp_path / 'two'}"]) == 0
     pulled = pd.read_parquet(tmp_path / "two" / "mutual.parquet").set_index(keys).value.sort_index()
