@@ -44,6 +44,17 @@ class KVCache(NamedTuple):
         return self.k.shape[2]
 
 
+def head_dim(d_model: int, n_heads: int, pos: str) -> int:
+    """d_model / n_heads, after checking the heads and the position encoding (ValueError, one line)."""
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1 or d_model % n_heads:
+        raise ValueError(f"n_heads={n_heads!r} must be a positive integer dividing d_model={d_model}")
+    if pos not in ("rope", "none"):
+        raise ValueError(f"pos must be 'rope' or 'none', got {pos!r}")
+    if pos == "rope" and (d_model // n_heads) % 2:
+        raise ValueError(f"pos='rope' needs an even head dim, got d_model/n_heads = {d_model // n_heads}")
+    return d_model // n_heads
+
+
 class Transformer(nn.Module):
     """Causal self-attention mixer: in_proj (d -> 3d) -> [RoPE] -> softmax attention -> out_proj.
 
@@ -52,13 +63,7 @@ class Transformer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int = 2, pos: str = "rope") -> None:
         super().__init__()
-        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads!r} must be a positive integer dividing d_model={d_model}")
-        if pos not in ("rope", "none"):
-            raise ValueError(f"pos must be 'rope' or 'none', got {pos!r}")
-        d_head = d_model // n_heads
-        if pos == "rope" and d_head % 2:
-            raise ValueError(f"pos='rope' needs an even head dim, got d_model/n_heads = {d_head}")
+        d_head = head_dim(d_model, n_heads, pos)
         self.d_model, self.n_heads, self.d_head, self.pos = d_model, n_heads, d_head, pos
         self.in_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
