@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from bench.config import ConfigError
-from bench.run import compose_config
+from bench.run import compose_config, entry_point
 from bench.study import open_storage
 
 USAGE = "usage: python -m bench.dashboard study=<name> [key=value ...] [--port 8080] [--host 127.0.0.1]"
@@ -41,19 +41,15 @@ def parse(argv: list[str]) -> tuple[list[str], str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    try:
-        overrides, host, port = parse(args)
-        cfg = compose_config(overrides)
-        if cfg.storage is None and not (cfg.output_dir / "optuna.db").exists():
-            raise ConfigError(f"study '{cfg.name}' has no storage yet ({cfg.output_dir / 'optuna.db'}); run it first")
-        storage = open_storage(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return entry_point(argv, USAGE, _serve)
+
+
+def _serve(args: list[str]) -> int:
+    overrides, host, port = parse(args)
+    cfg = compose_config(overrides)
+    if cfg.storage is None and not (cfg.output_dir / "optuna.db").exists():
+        raise ConfigError(f"study '{cfg.name}' has no storage yet ({cfg.output_dir / 'optuna.db'}); run it first")
+    storage = open_storage(cfg)
     from optuna_dashboard import run_server  # imported late: --help and errors stay fast
 
     print(f"optuna-dashboard for study {cfg.name} ({cfg.storage_url}) on http://{host}:{port}/", flush=True)

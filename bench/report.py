@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 from bench.config import Config, ConfigError
 from bench.data import FAMILY_NAMES
 from bench.metrics import ALL, BASELINES
-from bench.run import compose_config
+from bench.run import compose_config, entry_point
 from bench.study import final_name, first_line, open_storage, search_name
 
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml")  # without these there is nothing to report
@@ -1133,18 +1133,12 @@ def parse(argv: list[str]) -> tuple[list[str], Path | None, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    try:
-        overrides, out, publish_ = parse(args)
-        cfg = compose_config(overrides)
-        path = build_report(cfg, out, publish=publish_)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+    return entry_point(argv, USAGE, _report)
+
+
+def _report(args: list[str]) -> int:
+    overrides, out, publish_ = parse(args)
+    print(f"wrote {build_report(compose_config(overrides), out, publish=publish_)}")
     return 0
 
 

@@ -431,25 +431,36 @@ runs/<study>/results.parquet. Any config key can be overridden, e.g. train.steps
 studies: {studies}"""
 
 
-def main(argv: list[str] | None = None) -> int:
+def entry_point(argv: list[str] | None, usage: str, command: Callable[[list[str]], int]) -> int:
+    """What every `python -m bench.*` command shares: `-h`/`--help` prints `usage`; a ConfigError
+    (bad input, unreachable storage, a study run under another configuration) becomes one `error:`
+    line and exit code 2. `command(args)` does the rest and returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
-    if any(f in ("-h", "--help") for f in flags):
-        print(USAGE.format(studies=", ".join(study_names())))
+    if any(a in ("-h", "--help") for a in args):
+        print(usage)
         return 0
     try:
-        bad = [f for f in flags if f != "--cfg"]
-        if bad:
-            raise ConfigError(f"unknown flag '{bad[0]}' (try --help)")
-        cfg = compose_config(overrides)
-        if "--cfg" in flags:
-            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-            return 0
-        device = resolve_device(cfg.device)
+        return command(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry_point(argv, USAGE.format(studies=", ".join(study_names())), _run)
+
+
+def _run(args: list[str]) -> int:
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    bad = [f for f in flags if f != "--cfg"]
+    if bad:
+        raise ConfigError(f"unknown flag '{bad[0]}' (try --help)")
+    cfg = compose_config(overrides)
+    if "--cfg" in flags:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return 0
+    device = resolve_device(cfg.device)
     search = (f"search {cfg.search.n_trials} trials x {cfg.search.steps or cfg.train.steps} steps per arch, "
               if cfg.search.n_trials else "no search, ")
     print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; {search}final {cfg.train.steps} steps x "
@@ -457,10 +468,7 @@ def main(argv: list[str] | None = None) -> int:
           f"device {device}; {cfg.workers} worker(s); storage {cfg.storage_url}", flush=True)
     command = "python -m bench.run " + " ".join(args)
     try:
-        tables = run_study(cfg, command)
-    except ConfigError as e:  # storage unreachable, study run under another configuration
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        tables = run_study(cfg, command)  # a ConfigError here: storage unreachable, another configuration
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

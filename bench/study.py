@@ -296,8 +296,8 @@ def plan(ctx: Context, arch: str, trial: optuna.Trial | None, params: dict[str, 
     }
     if est.total_bytes > cfg.memory_budget * 2**30:
         attrs["pruned_reason"] = f"memory estimate {est} exceeds memory_budget {cfg.memory_budget} GiB"
-    for k, v in attrs.items():
-        if trial is not None:
+    if trial is not None:
+        for k, v in attrs.items():
             trial.set_user_attr(k, v)
     return tcfg, attrs, attrs.get("pruned_reason")
 
@@ -660,14 +660,11 @@ class Worker:
         cfg, ctx = self.cfg, self.ctx
         try:
             params, source = best_params(cfg, self.storage, arch)
+            plans = [(trial, cfg.seeds[slot], *plan(ctx, arch, trial, params, cfg.seeds[slot], cfg.train.steps))
+                     for trial, slot in claimed]
         except NoConfiguration:
-            params = None
-        plans = []
-        for trial, slot in claimed:
-            seed = cfg.seeds[slot]
-            tcfg, attrs, over = plan(ctx, arch, trial, params, seed, cfg.train.steps) if params else (None, {}, "")
-            plans.append((trial, seed, tcfg, attrs, over))
-        if params is None or any(over for *_, over in plans):  # each one fails or is pruned with its reason
+            plans = []
+        if not plans or any(over for *_, over in plans):  # each one fails or is pruned with its reason
             for trial, slot in claimed:
                 self.final_run(study, trial, arch, slot)
             return
