@@ -343,7 +343,7 @@ def run_trial(ctx: Context, arch: str, study: optuna.Study, trial: optuna.Trial,
     run = run or NullRun()
     tcfg, attrs, over = plan(ctx, arch, trial, params, seed, steps)
     if over:
-        return TrialState.PRUNED, None, {"attrs": attrs}
+        return TrialState.PRUNED, None, {"attrs": attrs, "history": []}
     model = build(ctx, arch, tcfg, seed, attrs)
     seen: list[Any] = []  # the live TrainResult, so a pruned trial still reports its progress
 

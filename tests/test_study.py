@@ -101,6 +101,16 @@ def test_a_memory_infeasible_configuration_is_pruned_without_training(tmp_path, 
     assert all(t.user_attrs["mem_estimate_gib"] > 0.00001 for t in done)
 
 
+@pytest.mark.parametrize("multiseed", ["off", "on"])
+def test_an_over_budget_final_configuration_fails_with_its_reason_and_the_study_ends(tmp_path, multiseed):
+    out = tmp_path / "out"
+    assert main(["study=smoke", *TINY, "archs=[lstm]", "seeds=[0,1]", "search.n_trials=0", "memory_budget=0.00001",
+                 f"multiseed={multiseed}", f"out_dir={out}"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs.status == "failed").all() and len(runs) == 2
+    assert runs.reason.str.contains("exceeds memory_budget").all()
+
+
 def test_every_architecture_sees_byte_identical_batches_and_validation_sets(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, "archs=[transformer,lstm]", "search.n_trials=1", "seeds=[3]")
     seen: dict[tuple[str, int], list[str]] = {}
