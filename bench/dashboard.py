@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from bench.config import ConfigError
-from bench.run import compose_config, entry_point
-from bench.study import open_storage
+from optuna.artifacts import FileSystemArtifactStore
+
+from bench.cli import entry_point
+from bench.experiment.config import ConfigError, compose_config
+from bench.experiment.storage import open_storage
 
 USAGE = "usage: python -m bench.dashboard study=<name> [key=value ...] [--port 8080] [--host 127.0.0.1]"
 
@@ -53,8 +55,6 @@ def _serve(args: list[str]) -> int:
     from optuna_dashboard import run_server  # imported late: --help and errors stay fast
 
     print(f"optuna-dashboard for study {cfg.name} ({cfg.storage_url}) on http://{host}:{port}/", flush=True)
-    from optuna.artifacts import FileSystemArtifactStore
-
     artifacts = cfg.output_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     run_server(storage, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifacts)))

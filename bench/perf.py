@@ -30,11 +30,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.config import TrainConfig
 from bench.data import Curriculum, TrainStream
 from bench.memory import estimate, measured_bytes
 from bench.models import ModelConfig, build_model, mixer_names
-from bench.train import distance_weighted_ce, make_optimizer, train
+from bench.train import TrainConfig, distance_weighted_ce, make_optimizer, train
+from bench.util import atomic_write
 
 DEFAULT_SIZES = ("64x8", "64x64", "64x256", "256x8", "256x64")
 BATCH = 64
@@ -230,10 +230,11 @@ sequences per second `TrainStream` generates over how many the harness consumes;
 is greedy decoding of the second half of 8 sequences, recompute-the-prefix time over cached
 (prefill + step) time; memory is the study engine's estimate against autograd's saved activations
 plus 4 × parameters, for one step at batch {BATCH}.
+
+Figures behind the mixers' design choices (Mamba's CPU scan, NTK-Attention's batched prefix
+product), each with the command that reproduces it: [design-figures.md](design-figures.md).
 """
-    path = out / "README.md"
-    path.write_text(text)
-    return path
+    return atomic_write(out / "README.md", lambda tmp: tmp.write_text(text))
 
 
 def parse_size(spec: str) -> tuple[int, int]:

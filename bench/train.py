@@ -1,8 +1,11 @@
 """Training per the design: distance-weighted CE over all prefixes, AdamW with per-parameter groups,
 linear warmup + cosine decay, global grad-norm clipping, early stopping that restores the best weights.
 
-The loop is kept free of per-step host syncs: the running loss stays on the device and is read
-once per validation, which is also when the progress bar, history and early stopping act.
+One loop trains a cohort of models on the same batches (`train_cohort`): a run of one model is the
+cohort of one (`train`), and mutual learning is a cohort whose members add a coupling term to their
+loss (`bench.mutual`). The loop is kept free of per-step host syncs: the running losses stay on the
+device and are read once per validation, which is also when the progress bar, history, early
+stopping and checkpoint act.
 """
 
 from __future__ import annotations
@@ -10,20 +13,46 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from bench.config import TrainConfig
 from bench.data.curriculum import TrainStream
+from bench.models import optim_hints
+from bench.util import atomic_write
+
+Validate = Callable[[nn.Module, int, float], dict[str, float]]
+Coupling = Callable[[int, Tensor, list[Tensor]], Tensor]  # (k, logits_k, peer_log_probs) -> term of k's loss
+RngState = tuple[Tensor, Tensor | None]  # (CPU state, CUDA state or None)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # step budget, identical for every architecture of a study
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-6  # cosine floor
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 5000  # the design's full-size warmup ...
+    warmup_max_frac: float = 0.05  # ... capped at this fraction of `steps` for small budgets
+    grad_clip: float = 1.0  # global grad-norm clip
+    alpha: float = 0.1  # distance-weight scale in CE * (1 + alpha * w(|argmax - target|))
+    distance_weight: str = "linear"  # linear | quadratic | sqrt
+    val_every: int = 100  # steps per epoch: validation, early stopping and curriculum all count epochs
+    early_stopping: bool = True  # off: train the whole budget and keep the final weights
+    patience: int = 10  # validations without improvement before stopping
+    min_delta: float = 0.001
+
 
 DISTANCE_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda d: d,
@@ -32,9 +61,8 @@ DISTANCE_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def distance_weighted_ce(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.1, weight: str = "linear", reduce: bool = True
-) -> torch.Tensor:
+def distance_weighted_ce(logits: Tensor, targets: Tensor, alpha: float = 0.1, weight: str = "linear",
+                         reduce: bool = True) -> Tensor:
     """CE * (1 + alpha * w(|argmax - target|)), the design's loss, averaged over every position.
 
     The factor multiplies each position's cross-entropy; it is a constant for the gradient (argmax is
@@ -51,17 +79,19 @@ def distance_weighted_ce(
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups honouring per-parameter settings.
 
-    No weight decay on biases and norm weights (ndim < 2) and on embedding tables. A mixer may attach
-    `param._optim = {"weight_decay": wd, "lr": cap}` (S4-style SSM dynamics such as A_log, D, dt):
-    `weight_decay` replaces the default, `lr` caps the group's learning rate (min(lr, cap)).
+    No weight decay on biases and norm weights (ndim < 2) and on embedding tables. A mixer declares
+    hints where it makes a parameter (`bench.models.register`, S4-style SSM dynamics such as A_log,
+    D, dt); `bench.models.optim_hints` reads them by qualified name: `weight_decay` replaces the
+    default, `lr` caps the group's learning rate (min(lr, cap)).
     Parameters with equal settings share a group; groups keep a deterministic order.
     """
+    hints = optim_hints(model)
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if not p.requires_grad:
             continue
-        hint = getattr(p, "_optim", {})
+        hint = hints.get(name, {})
         wd = 0.0 if (p.ndim < 2 or id(p) in embedding_params) else weight_decay
         wd = hint.get("weight_decay", wd)
         group_lr = min(lr, hint["lr"]) if "lr" in hint else lr
@@ -92,6 +122,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opti
     return opt, sched
 
 
+def rng_state(device: torch.device) -> RngState:
+    """torch's random state, with the device's when it is a GPU (dropout draws from it there)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def setrng_state(state: RngState, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the run is recorded as failed with this reason.
 
@@ -112,27 +153,101 @@ class TrainResult:
     stopped_early: bool = False
     wall_s: float = 0.0
     resumed_from: int = 0  # step of the checkpoint this run continued from (0: from scratch)
+    error: str | None = None  # what `train` raises as TrainingDiverged; a cohort member records it here
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically (temporary file + rename): a kill mid-write leaves the previous checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` validations in a row without an improvement of more than `min_delta`;
+    validations up to `final_epoch` always count as the best (a curriculum changes its validation
+    mixture until its last phase, so earlier losses are not comparable). `restore` loads the best
+    weights back; `enabled` off, a run trains its whole budget and keeps its final weights."""
+
+    patience: int
+    min_delta: float
+    enabled: bool = True
+    final_epoch: float = 0.0
+    best: float = math.inf
+    best_step: int = 0
+    wait: int = 0  # validations since the best one
+    best_state: dict | None = None
+
+    def update(self, val_loss: float, step: int, epoch: float, model: nn.Module) -> bool:
+        """Record the validation at `step`; True when training should stop."""
+        if epoch <= self.final_epoch or val_loss < self.best - self.min_delta:
+            self.best, self.best_step, self.wait = val_loss, step, 0
+            if self.enabled:
+                self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.wait += 1
+        return self.enabled and self.wait >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.enabled and self.best_state is not None:
+            model.load_state_dict(self.best_state)
 
 
-def train(
-    model: nn.Module,
-    cfg: TrainConfig,
-    stream: TrainStream,
-    validate: Callable[[nn.Module, int, float], dict[str, float]],
-    final_epoch: float = 0.0,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    desc: str = "",
-    checkpoint: Path | None = None,
-    on_validation: Callable[[TrainResult], None] | None = None,
-) -> TrainResult:
+@dataclass
+class _Member:
+    """One model of the cohort and everything the loop keeps for it."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    validate: Validate
+    opt: torch.optim.Optimizer
+    sched: LambdaLR
+    stopping: EarlyStopping
+    params: list[nn.Parameter]  # those clipped: every parameter that requires a gradient
+    running: Tensor  # training loss summed since the last validation, on the device
+    rng: RngState | None = None  # its own random stream (dropout); None: the ambient one
+    res: TrainResult = field(default_factory=TrainResult)
+    done: bool = False  # stopped early or diverged
+    t0: float = 0.0  # perf_counter at which its wall_s is 0
+
+    @classmethod
+    def create(cls, model: nn.Module, cfg: TrainConfig, validate: Validate, final_epoch: float,
+               device: torch.device, rng: RngState | None = None) -> _Member:
+        model.to(device).train()
+        opt, sched = make_optimizer(model, cfg)
+        stopping = EarlyStopping(cfg.patience, cfg.min_delta, cfg.early_stopping, final_epoch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return cls(model, cfg, validate, opt, sched, stopping, params, torch.zeros((), device=device), rng)
+
+    def save(self, path: Path) -> None:
+        """The checkpoint: weights, optimiser and schedule, result, best weights, patience, RNG."""
+        payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                   "scheduler": self.sched.state_dict(), "result": dataclasses.asdict(self.res),
+                   "best_state": self.stopping.best_state, "wait": self.stopping.wait,
+                   "rng": self.rng[0] if self.rng else torch.get_rng_state()}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def load(self, path: Path, device: torch.device) -> None:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        res = self.res = TrainResult(**ck["result"])
+        res.resumed_from = res.steps
+        self.stopping = dataclasses.replace(self.stopping, best=res.best_val, best_step=res.best_step,
+                                            wait=ck["wait"], best_state=ck["best_state"])
+        if self.rng:
+            self.rng = (ck["rng"], self.rng[1])
+        else:
+            torch.set_rng_state(ck["rng"])
+        if self.res.stopped_early:  # it had stopped: nothing left to train
+            self.done = True
+            self.finish()
+
+    def finish(self) -> None:
+        """What a run ends with: the best weights under early stopping, else the final ones; eval mode.
+        A stopped member of a cohort answers its peers from these weights from then on."""
+        self.stopping.restore(self.model)
+        self.model.eval()
+
+
+def train(model: nn.Module, cfg: TrainConfig, stream: TrainStream, validate: Validate, final_epoch: float = 0.0,
+          device: torch.device | str = "cpu", progress: bool = False, desc: str = "", checkpoint: Path | None = None,
+          on_validation: Callable[[TrainResult], None] | None = None) -> TrainResult:
     """Train `model` in place on `stream` for at most `cfg.steps` steps; with early stopping on,
     stop after `cfg.patience` validations without improvement and restore the best weights.
 
@@ -141,6 +256,7 @@ def train(
     it runs every `cfg.val_every` steps (one epoch) and after the last step.
     Early stopping only counts after `final_epoch` (when a curriculum has reached its last phase):
     before that, validation mixtures change and their losses are not comparable.
+    Raises TrainingDiverged when the training or validation loss is not finite.
 
     With `checkpoint`, everything the loop needs (weights, optimiser and schedule, history, best
     weights, patience, RNG) is saved there at each validation, and a run finding the file resumes
@@ -149,132 +265,152 @@ def train(
     Optuna there; an exception it raises, such as a pruning signal, ends training).
     """
     device = torch.device(device)
-    model.to(device).train()
-    opt, sched = make_optimizer(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    res = TrainResult()
-    best_state, wait = None, 0
+    member = _Member.create(model, cfg, validate, final_epoch, device)
     if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        res, best_state, wait = TrainResult(**ck["result"]), ck["best_state"], ck["wait"]
-        res.resumed_from = res.steps
-        torch.set_rng_state(ck["rng"])
-    running = torch.zeros((), device=device)
-    n_running = 0
+        member.load(Path(checkpoint), device)
+
+    def after_validation(m: _Member) -> None:
+        if checkpoint is not None:
+            m.save(Path(checkpoint))
+        if on_validation is not None:
+            on_validation(m.res)
+
+    _loop([member], stream, device, None, after_validation, progress, desc)
+    if member.res.error is not None:
+        raise TrainingDiverged(member.res.error, member.res)
+    return member.res
+
+
+def train_cohort(models: Sequence[nn.Module], cfgs: Sequence[TrainConfig], stream: TrainStream,
+                 validates: Sequence[Validate], final_epoch: float = 0.0, device: torch.device | str = "cpu",
+                 coupling: Coupling | None = None, rng_states: Sequence[RngState] | None = None,
+                 ) -> list[TrainResult]:
+    """Train `models` in place side by side on `stream`'s batches, model k as `train` would with
+    `cfgs[k]` and `validates[k]`, plus `coupling(k, logits_k, peer_log_probs)` added to its loss
+    (peers: the detached log-probabilities of every other member still training or answering).
+
+    Members share the budget, batches and validation schedule (steps, batch_size, val_every).
+    `rng_states[k]` is member k's own random stream (dropout), kept apart from the others'; None:
+    all draw from the ambient one in turn. Returns one TrainResult per model, in order, with `error`
+    set where `train` would have raised TrainingDiverged: that member leaves, the others train on.
+    A member that stops early ends as `train` leaves its model, and with a coupling keeps answering
+    its peers from those weights. Without a coupling each member ends exactly as its own `train`
+    run from the same random state (tests/test_mutual.py).
+    """
+    if not len(models) == len(cfgs) == len(validates):
+        raise ValueError(f"got {len(models)} models, {len(cfgs)} training configs and {len(validates)} validators")
+    if len({(c.steps, c.batch_size, c.val_every) for c in cfgs}) > 1:
+        raise ValueError("members must share steps, batch_size and val_every: one budget, the same batches")
+    device = torch.device(device)
+    rngs = list(rng_states) if rng_states is not None else [None] * len(models)
+    members = [_Member.create(m, c, v, final_epoch, device, r)
+               for m, c, v, r in zip(models, cfgs, validates, rngs, strict=True)]
+    _loop(members, stream, device, coupling)
+    return [m.res for m in members]
+
+
+def _loop(members: list[_Member], stream: TrainStream, device: torch.device, coupling: Coupling | None,
+          after_validation: Callable[[_Member], None] | None = None, progress: bool = False, desc: str = "",
+          ) -> None:
+    """The one training loop: steps until the budget is spent or every member is done, validating
+    every `val_every` steps and after the last; each member not diverged ends `finish`ed."""
+    cfg = members[0].cfg  # steps, batch_size and val_every are shared
+    first = min(m.res.steps for m in members)
     tokens_per_step = cfg.batch_size * (stream.length - 1)
-    start = time.perf_counter() - res.wall_s
-    bar = tqdm(total=cfg.steps, initial=res.steps, desc=desc, disable=None if progress else True, leave=False,
+    start = time.perf_counter()
+    for m in members:
+        m.t0 = start - m.res.wall_s
+    n_running = 0
+    bar = tqdm(total=cfg.steps, initial=first, desc=desc, disable=None if progress else True, leave=False,
                dynamic_ncols=True)
     try:
-        for step in range(res.steps, cfg.steps if not res.stopped_early else 0):
-            batch = stream.batch(step).to(device, non_blocking=True)
-            logits = model(batch[:, :-1])  # every position predicts the next value
-            loss = distance_weighted_ce(logits, batch[:, 1:], cfg.alpha, cfg.distance_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            running += loss.detach()
+        for step in range(first, cfg.steps if not all(m.done for m in members) else 0):
+            _step(members, stream.batch(step).to(device, non_blocking=True), device, coupling)
             n_running += 1
-            res.steps, res.tokens = step + 1, (step + 1) * tokens_per_step
+            for m in members:
+                if not m.done:
+                    m.res.steps, m.res.tokens = step + 1, (step + 1) * tokens_per_step
             bar.update(1)
-            if res.steps % cfg.val_every and res.steps != cfg.steps:
+            if (step + 1) % cfg.val_every and step + 1 != cfg.steps:
                 continue
-
-            train_loss = (running / n_running).item()  # the one host sync per epoch
-            running.zero_()
+            _validate(members, n_running, bar, after_validation)
             n_running = 0
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {res.steps}", res)
-            epoch = res.steps / cfg.val_every
-            model.eval()
-            with torch.no_grad():
-                val = validate(model, len(res.history) + 1, epoch)
-            model.train()
-            res.history.append(
-                {"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": sched.get_last_lr()[0],
-                 "train_loss": train_loss, **val}
-            )
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['val_loss']:.3f}")
-            if not math.isfinite(val["val_loss"]):
-                raise TrainingDiverged(f"non-finite validation loss at step {res.steps}", res)
-            if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
-                res.best_val, res.best_step, wait = val["val_loss"], res.steps, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                wait += 1
-                if cfg.early_stopping and wait >= cfg.patience:
-                    res.stopped_early = True
-            if checkpoint is not None:
-                res.wall_s = time.perf_counter() - start
-                _save_checkpoint(Path(checkpoint), {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "result": dataclasses.asdict(res), "best_state": best_state, "wait": wait,
-                    "rng": torch.get_rng_state()})
-            if on_validation is not None:
-                on_validation(res)
-            if res.stopped_early:
+            if all(m.done for m in members):
                 break
     finally:
         bar.close()
-    if cfg.early_stopping and best_state is not None:  # without early stopping: the final weights
-        model.load_state_dict(best_state)
-    model.eval()
-    res.wall_s = time.perf_counter() - start
-    return res
+    for m in members:
+        if not m.done:
+            m.finish()
+            m.res.wall_s = time.perf_counter() - m.t0
 
 
-# ---------------------------------------------------------------- joint loops (bench.multiseed, bench.mutual)
+def _step(members: list[_Member], batch: Tensor, device: torch.device, coupling: Coupling | None) -> None:
+    """One optimiser step of every member still training, on the same batch. All forwards come first,
+    so that with a coupling each member's loss sees its peers' predictions of this batch."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]  # every position predicts the next value
+    logits: dict[int, Tensor] = {}
+    for k, m in enumerate(members):
+        if m.res.error is not None or (m.done and coupling is None):
+            continue
+        if m.rng is not None:
+            setrng_state(m.rng, device)
+        with torch.set_grad_enabled(not m.done):  # a stopped peer answers from the weights it stopped with
+            logits[k] = m.model(inputs)
+        if m.rng is not None:
+            m.rng = rng_state(device)
+    log_p = {k: F.log_softmax(x.float().detach(), -1) for k, x in logits.items()} if coupling else {}
+    for k, m in enumerate(members):
+        if m.done:
+            continue
+        loss = distance_weighted_ce(logits[k], targets, m.cfg.alpha, m.cfg.distance_weight)
+        peers = [q for j, q in log_p.items() if j != k]
+        if peers:
+            loss = loss + coupling(k, logits[k], peers)
+        m.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.params, m.cfg.grad_clip)
+        m.opt.step()
+        m.sched.step()
+        m.running += loss.detach()
 
-Validate = Callable[[nn.Module, int, float], dict[str, float]]
+
+def _validate(members: list[_Member], n_running: int, bar: tqdm,
+              after_validation: Callable[[_Member], None] | None) -> None:
+    """Validate every member still training: divergence, history, early stopping, then
+    `after_validation` (checkpoint, reporting) for those that did not diverge."""
+    train_losses = (torch.stack([m.running for m in members]) / n_running).tolist()  # the one host sync
+    for m, train_loss in zip(members, train_losses, strict=True):
+        if m.done:
+            continue
+        m.running.zero_()
+        _validate_member(m, train_loss)
+        m.res.wall_s = time.perf_counter() - m.t0
+        if m.res.error is not None:
+            continue
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{m.res.history[-1]['val_loss']:.3f}")
+        if after_validation is not None:
+            after_validation(m)
+        if m.done:  # stopped early
+            m.finish()
 
 
-@dataclass
-class SeedResult(TrainResult):
-    """`TrainResult` of one member of a joint loop, plus what `train` would have raised and how it ran."""
-
-    error: str | None = None  # the TrainingDiverged message `train` would have raised; None: it finished
-    fallback: str = ""  # why this member was trained alone by `train` ("" when trained jointly)
-
-
-@dataclass
-class Member:
-    """One model of a loop that trains several at once: what `train` keeps in local variables."""
-
-    model: nn.Module
-    stream: TrainStream
-    validate: Validate
-    res: SeedResult = field(default_factory=SeedResult)
-    best_state: dict | None = None
-    wait: int = 0
-    done: bool = False
-
-
-def validate_member(m: Member, cfg: TrainConfig, train_loss: float, epoch: float, lr: float,
-                    final_epoch: float) -> None:
-    """`train`'s validation, early stopping and divergence check, for one member of a joint loop:
-    sets `m.done` when it stops, with `m.res.error` set where `train` would raise TrainingDiverged."""
+def _validate_member(m: _Member, train_loss: float) -> None:
+    """One member's validation: `error` set where `train` raises TrainingDiverged, else a history row
+    and the early-stopping decision; `done` when either ends its training."""
     res = m.res
     if not math.isfinite(train_loss):
         res.error, m.done = f"non-finite training loss ({train_loss}) at step {res.steps}", True
         return
+    epoch = res.steps / m.cfg.val_every
     m.model.eval()
     with torch.no_grad():
         val = m.validate(m.model, len(res.history) + 1, epoch)
     m.model.train()
-    res.history.append({"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": lr,
+    res.history.append({"step": res.steps, "tokens": res.tokens, "epoch": epoch, "lr": m.sched.get_last_lr()[0],
                         "train_loss": train_loss, **val})
     if not math.isfinite(val["val_loss"]):
         res.error, m.done = f"non-finite validation loss at step {res.steps}", True
         return
-    if epoch <= final_epoch or val["val_loss"] < res.best_val - cfg.min_delta:
-        res.best_val, res.best_step, m.wait = val["val_loss"], res.steps, 0
-        m.best_state = copy.deepcopy(m.model.state_dict())
-    else:
-        m.wait += 1
-        if cfg.early_stopping and m.wait >= cfg.patience:
-            res.stopped_early, m.done = True, True
+    res.stopped_early = m.done = m.stopping.update(val["val_loss"], res.steps, epoch, m.model)
+    res.best_val, res.best_step = m.stopping.best, m.stopping.best_step

@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from bench.models.mamba import Mamba, _fused_kernels, _fused_unavailable
+from bench.models.mamba import Mamba
+from bench.models.ops.selective_scan import fused_kernels, fused_unavailable
 
 
 def fail(message: str) -> None:
@@ -69,7 +70,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         fail("CUDA is not available (torch " + torch.__version__ + "); run this on a GPU machine")
     device = torch.device("cuda", torch.cuda.current_device())
-    reason = _fused_unavailable(device)
+    reason = fused_unavailable(device)
     if reason:
         fail(f"mamba_ssm's kernels are not usable: {reason}")
     import mamba_ssm
@@ -77,7 +78,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     d, N, B = args.d_model, args.d_state, args.batch
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, mamba_ssm {mamba_ssm.__version__}, "
-          f"causal_conv1d {'yes' if _fused_kernels()[0].causal_conv1d_fn else 'no'}; d_model {d}, d_state {N}, "
+          f"causal_conv1d {'yes' if fused_kernels()[0].causal_conv1d_fn else 'no'}; d_model {d}, d_state {N}, "
           f"batch {B}, float32")
 
     torch.manual_seed(0)

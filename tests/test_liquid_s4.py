@@ -12,10 +12,9 @@ import torch
 from mixer_checks import prefill_then_step
 from torch import Tensor
 
-from bench.config import TrainConfig
 from bench.models import ModelConfig, build_mixer, build_model
 from bench.models.liquid_s4 import LiquidS4, legs_eig
-from bench.train import make_optimizer
+from bench.train import TrainConfig, make_optimizer
 
 H, N, B, L = 4, 16, 2, 24
 BIG_DT = {"dt_min": 0.1, "dt_max": 0.5}  # Δ large enough that the liquid terms (∝ Δ^p) are O(1)

@@ -1,7 +1,8 @@
-"""Tests of the Mamba mixer (bench/models/mamba.py) beyond the generic oracles of test_models.py:
-mamba_ssm's parameter layout and initialisation (M4), the layer against §2.1 written out per position,
-the fast scan against the literal recurrence (M2) and the LTI limit (M5), step = parallel on the
-chunked path (M1), the impl knob, and on a GPU with mamba_ssm the interop checks (M3)."""
+"""Tests of the Mamba mixer (bench/models/mamba.py) and its scans (bench/models/ops/selective_scan.py)
+beyond the generic oracles of test_models.py: mamba_ssm's parameter layout and initialisation (M4),
+the layer against §2.1 written out per position, the fast scan against the literal recurrence (M2)
+and the LTI limit (M5), step = parallel on the chunked path (M1), the impl knob and the kernel probe,
+and on a GPU with mamba_ssm the interop checks (M3)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import bench.models.mamba as mm
-from bench.models import build_model
+import bench.models.ops.selective_scan as ops
+from bench.models import build_model, optim_hints
 from bench.models.backbone import ModelConfig
-from bench.models.mamba import Mamba, selective_scan, sequential_scan
-from bench.run import main
+from bench.models.mamba import Mamba, MambaState
+from bench.models.ops.selective_scan import selective_scan, sequential_scan
 from bench.train import param_groups
 
 F64 = torch.float64
@@ -88,7 +89,7 @@ def test_inverse_softplus_is_exact_and_floor_clamps():
 
 def test_a_log_and_d_carry_no_weight_decay():
     m = Mamba(16)
-    assert m.A_log._optim == m.D._optim == {"weight_decay": 0.0} and not hasattr(m.dt_proj.bias, "_optim")
+    assert optim_hints(m) == {"A_log": {"weight_decay": 0.0}, "D": {"weight_decay": 0.0}}
     groups = param_groups(m, lr=1e-3, weight_decay=0.1)
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(m.A_log) not in decayed and id(m.in_proj.weight) in decayed
@@ -222,17 +223,17 @@ def test_chunked_scan_matches_sequential_recurrence(L):  # M2, float64, lengths 
 @pytest.mark.parametrize("L", [33, 90])
 def test_scan_with_one_chunk_matches_too(L, monkeypatch):
     """At large B·E·N the CPU scan keeps one chunk (a plain in-place loop): the same result."""
-    monkeypatch.setattr(mm, "CPU_SLICE_FLOATS", 1)
+    monkeypatch.setattr(ops, "CPU_SLICE_FLOATS", 1)
     check_scan(scan_inputs(2, L, 3, 4), atol=1e-12)
 
 
 def test_long_sequences_are_chunked_even_when_the_cpu_cap_says_one_chunk(monkeypatch):
     """Beyond CPU_CAP_MAX_LEN the scan never loops over time: about 2√L in-place steps, same result."""
-    monkeypatch.setattr(mm, "CPU_SLICE_FLOATS", 1)
+    monkeypatch.setattr(ops, "CPU_SLICE_FLOATS", 1)
     steps = []
     real = torch.Tensor.addcmul_
     monkeypatch.setattr(torch.Tensor, "addcmul_", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
-    L = mm.CPU_CAP_MAX_LEN + 89
+    L = ops.CPU_CAP_MAX_LEN + 89
     args = scan_inputs(1, L, 2, 2)
     y, _ = selective_scan(*args)
     assert len(steps) < 4 * math.isqrt(L)
@@ -272,7 +273,7 @@ def test_scan_lti_limit_is_s4d_real_kernel():  # M5
 
 def fused_missing() -> str:
     """Why impl='fused' cannot be built here ("" on a GPU machine with working mamba_ssm kernels)."""
-    return mm._fused_unavailable(torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0))
+    return ops.fused_unavailable(torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0))
 
 
 def test_auto_uses_the_reference_off_cuda():
@@ -281,6 +282,8 @@ def test_auto_uses_the_reference_off_cuda():
 
 @pytest.mark.skipif(not fused_missing(), reason="mamba_ssm's kernels work here")
 def test_fused_without_kernels_is_a_one_line_error(capsys, tmp_path):
+    from bench.run import main  # the CLI, imported here so the mixer's own tests never depend on it
+
     with pytest.raises(ValueError, match="impl='fused' needs mamba_ssm's CUDA kernels: .*(CUDA|mamba_ssm)") as e:
         Mamba(16, impl="fused")
     assert "\n" not in str(e.value)
@@ -307,13 +310,13 @@ def test_probe_calls_the_kernels_and_reports_a_failure():
 
     ok = SimpleNamespace(selective_scan_fn=scan, mamba_inner_fn=lambda *a, **k: calls.append("mamba_inner_fn"),
                             causal_conv1d_fn=object())
-    assert mm._probe(ok, torch.device("cpu")) == "" and calls == ["selective_scan_fn", "mamba_inner_fn"]
+    assert ops.probe_kernels(ok, torch.device("cpu")) == "" and calls == ["selective_scan_fn", "mamba_inner_fn"]
 
     def broken(*args, **kw):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
 
     bad = SimpleNamespace(selective_scan_fn=broken, mamba_inner_fn=broken, causal_conv1d_fn=None)
-    reason = mm._probe(bad, torch.device("cpu"))
+    reason = ops.probe_kernels(bad, torch.device("cpu"))
     assert "failed a test call" in reason and "no kernel image" in reason and "\n" not in reason
 
 
@@ -387,7 +390,7 @@ def test_gpu_state_hand_off_between_implementations():  # M3 (d)
         conv, ssm = theirs.allocate_inference_cache(2, 20, dtype=torch.float32)  # mamba_ssm steps, ours goes on
         for t in range(9):
             _, conv, ssm = theirs.step(x[:, t:t + 1], conv, ssm)
-        state = mm.MambaState(conv, ssm)
+        state = MambaState(conv, ssm)
         for t in range(9, 20):
             y_t, state = ours.step(x[:, t], state)
             assert close(y_t, y[:, t], 1e-4)

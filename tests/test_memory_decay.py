@@ -64,7 +64,7 @@ def test_known_lag_peaks_at_three_in_both_variants():
 def stable_ssm_model(a_bar_log: float, length: int) -> nn.Module:
     """1 layer, identity readout, one real mode per channel with the same Ā = exp(Δ·Re λ) everywhere."""
     cfg = ModelConfig(arch="stable_ssm", d_model=8, num_layers=1, d_state=2, max_len=length,
-                      mixer={"activation": "identity"})
+                      mixer={"stable_ssm": {"activation": "identity"}})
     torch.manual_seed(0)
     model = build_model(cfg).double()
     kernel = model.blocks[0].mixer.kernel

@@ -4,6 +4,7 @@ mixer (parametrised over `mixer_names()`, so a new mixer inherits them), then pe
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from bench.memory import saved_bytes
-from bench.models import MIXERS, build_mixer, build_model, mixer_names
+from bench.models import MIXERS, build_mixer, build_model, mixer_defaults, mixer_names, optim_hints
 from bench.models.backbone import ModelConfig, SequenceModel
 from bench.models.transformer import apply_rope
 
@@ -34,6 +35,20 @@ PARAM_COUNTS = {
     "s4d": lambda d: 2 * d * d + d * (2 * 16 + 4),  # 2H² + H(2N + 4), N = d_state = 16
     "liquid_s4": lambda d: 2 * d * d + d * (3 * 16 + 4),  # 2H² + H(3N + 4), N = d_state = 16
     "ntk_attention": lambda d: 4 * d * d + 4 * d + d * d // 2 + d,  # transformer + H(d_h² + d_h), H = 2 heads
+}
+
+# The optimiser hints each mixer declares at its defaults (`bench.models.register`); a new mixer adds its line here.
+DYNAMICS = {"lr": 1e-3, "weight_decay": 0.0}  # S4's setting: no decay, lr capped at ssm_lr = 1e-3
+NO_DECAY = {"weight_decay": 0.0}
+HINTS = {
+    "transformer": {},
+    "lstm": {},
+    "mamba": {"A_log": NO_DECAY, "D": NO_DECAY},  # as mamba_ssm's _no_weight_decay
+    "stable_ssm": {f"kernel.{n}": DYNAMICS for n in ("log_dt", "log_A_real", "A_imag")},
+    "sgconv": {**{f"kernel_list.{i}": {"lr": 1e-3} for i in range(4)}, "D": NO_DECAY},  # kernel_lr, S = 4 scales
+    "s4d": {f"kernel.{n}": DYNAMICS for n in ("log_dt", "log_A_real", "A_imag")},
+    "liquid_s4": {f"kernel.{n}": DYNAMICS for n in ("log_dt", "log_A_real", "A_imag", "B")},
+    "ntk_attention": {"prefix_k_log": NO_DECAY},
 }
 
 
@@ -170,6 +185,29 @@ def test_gradients_reach_every_parameter_and_counts_match(arch):  # G7
     mixer_params = sum(p.numel() for b in model.blocks for p in b.mixer.parameters())
     assert mixer_params == model.cfg.num_layers * PARAM_COUNTS[arch](D)
     assert model.num_params() == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_optimiser_hints_name_real_parameters_and_survive_deepcopy(arch):
+    assert arch in HINTS, f"add the optimiser hints of '{arch}' to HINTS"
+    model = make_model(arch)
+    hints = optim_hints(model)
+    assert hints == {f"blocks.{i}.mixer.{name}": hint for i in range(2) for name, hint in HINTS[arch].items()}
+    assert set(hints) <= dict(model.named_parameters()).keys()
+    clone = copy.deepcopy(model)
+    assert optim_hints(clone) == hints and optim_hints(clone.float()) == hints
+    assert optim_hints(make_mixer(arch)) == HINTS[arch]
+
+
+@pytest.mark.parametrize(("arch", "knobs", "name", "hint"), [
+    ("s4d", {"ssm_lr": 2e-4}, "kernel.A_imag", {"lr": 2e-4, "weight_decay": 0.0}),
+    ("liquid_s4", {"ssm_lr": 0.0}, "kernel.B", {"lr": 0.0, "weight_decay": 0.0}),
+    ("stable_ssm", {"ssm_lr": 3e-4}, "kernel.log_dt", {"lr": 3e-4, "weight_decay": 0.0}),
+    ("sgconv", {"kernel_lr": 5e-4}, "kernel_list.3", {"lr": 5e-4}),
+])
+def test_optimiser_hints_follow_the_mixer_knobs(arch, knobs, name, hint):
+    model = make_model(arch, mixer={arch: knobs})
+    assert optim_hints(model)[f"blocks.1.mixer.{name}"] == hint
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -361,21 +399,38 @@ def test_unused_shared_hparams_are_recorded():
     assert build_mixer("transformer", D).unused_hparams == []
     assert make_model("transformer").unused_hparams == ["d_conv", "d_state", "expand"]
     with pytest.raises(ValueError, match="'d_state' was set for architecture 'lstm', which does not use it"):
-        make_model("lstm", mixer={"d_state": 8})
+        make_model("lstm", mixer={"lstm": {"d_state": 8}})
 
 
 def test_build_model_from_mapping_and_dictconfig():
-    plain = {"arch": "transformer", "d_model": D, "num_layers": 1, "mixer": {"n_heads": 4, "pos": "none"}}
+    knobs = {"transformer": {"n_heads": 4, "pos": "none"}, "lstm": {}}
+    plain = {"arch": "transformer", "d_model": D, "num_layers": 1, "mixer": knobs}
     for cfg in (plain, OmegaConf.create(plain)):
         model = build_model(cfg)
-        assert isinstance(model.cfg, ModelConfig) and model.cfg.mixer == {"n_heads": 4, "pos": "none"}
+        assert isinstance(model.cfg, ModelConfig) and model.cfg.mixer == knobs
+        assert all(type(v) is dict for v in model.cfg.mixer.values())
         assert model.blocks[0].mixer.n_heads == 4 and len(model.blocks) == 1
     with pytest.raises(ValueError, match="n_layer"):
         build_model({**plain, "n_layer": 2})
     with pytest.raises(ValueError, match="n_heads"):
-        build_model({**plain, "mixer": {"n_heads": 3}})
+        build_model({**plain, "mixer": {"transformer": {"n_heads": 3}}})
     with pytest.raises(ValueError, match="embedding"):
         build_model({**plain, "embedding": "onehot"})
+
+
+def test_mixer_knobs_are_keyed_by_architecture():
+    both = {"transformer": {"n_heads": 4}, "s4d": {"disc": "bilinear"}}
+    assert make_model("transformer", mixer=both).blocks[0].mixer.n_heads == 4  # s4d's knobs are not read
+    assert make_model("s4d", mixer=both).blocks[1].mixer.kernel.disc == "bilinear"
+    with pytest.raises(ValueError, match=r"mixer: unknown architecture 'transfomer' \(registered: .*transformer"):
+        make_model("transformer", mixer={"transfomer": {"n_heads": 4}})
+    with pytest.raises(ValueError, match="mixer must map each architecture to its knobs, got 'n_heads': 4"):
+        ModelConfig(arch="transformer", mixer={"n_heads": 4})
+    defaults = mixer_defaults()
+    assert sorted(defaults) == ARCHS and defaults["transformer"] == {"n_heads": 2, "pos": "rope"}
+    assert defaults["lstm"] == {} and "d_state" not in defaults["mamba"]
+    for arch in ARCHS:  # every mixer builds from the full table of defaults, as a study's config passes it
+        assert type(make_model(arch, mixer=defaults).blocks[0].mixer) is MIXERS[arch]
 
 
 def test_numeric_embedding_uses_value_and_position_only():

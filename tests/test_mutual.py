@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.config import TrainConfig
 from bench.data import Curriculum, TrainStream
 from bench.models import ModelConfig, build_model
 from bench.mutual import peer_kl, rng_state, train_mutual
-from bench.train import TrainingDiverged, distance_weighted_ce, train
+from bench.train import TrainConfig, TrainingDiverged, distance_weighted_ce, train
 
 ARCHS = ("transformer", "lstm", "s4d")
 CFG = TrainConfig(steps=12, batch_size=8, lr=3e-3, val_every=3, warmup_steps=2, patience=1, min_delta=0.0)

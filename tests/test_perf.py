@@ -4,11 +4,10 @@ same weights on the same batches, and the report is written with every column.""
 import pytest
 import torch
 
-from bench.config import TrainConfig
 from bench.data import Curriculum, TrainStream
 from bench.models import mixer_names
 from bench.perf import PremadeStream, bare_loop, main, make_model
-from bench.train import train
+from bench.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("arch", mixer_names())

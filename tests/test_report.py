@@ -1,5 +1,6 @@
-"""bench.report: statistics against hand computations, the report from a hand-made study, the CLI's
-errors, publishing to the dashboard, and a real study end to end."""
+"""bench.report: statistics against hand computations, the report from a hand-made study (its stored
+files written here, as collection writes them), the CLI's errors, publishing to the dashboard, and a
+real study end to end (slow)."""
 
 import math
 import re
@@ -9,21 +10,16 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
-from bench import report
+from bench.experiment.config import compose_config, to_yaml
 from bench.metrics import aggregate
-from bench.report import (
-    FIGURES,
-    build_report,
-    holm,
-    lag_accuracy,
-    mean_ci,
-    paired_comparisons,
-    sign_test,
-    t_quantile,
-)
-from bench.run import compose_config, write_outputs
-from bench.run import main as run_main
+from bench.models import mixer_names
+from bench.report import FIGURES, MissingResults, ReportInputError, build_report, publish
+from bench.report.figures import ARCH_ORDER, PALETTE, arch_color
+from bench.report.markdown import fmt_ci
+from bench.report.stats import holm, mean_ci, sign_test, t_quantile
+from bench.report.tables import lag_accuracy, paired_comparisons
 
 SECTIONS = ["## 1. What was run", "## 2. Headline", "## 3. Paired comparisons", "## 4. Figures", "## 5. Findings"]
 ARCHS = {"transformer": 0.9, "lstm": 0.5, "mamba": 0.5}  # accuracy on predictable positions
@@ -31,6 +27,7 @@ FAMILIES = ("lag_1", "lag_2")
 SEEDS = (0, 1, 2)
 N_SEQ, LENGTH = 10, 8
 CKA_LAST = {("lstm", "mamba"): 0.8, ("lstm", "transformer"): 0.4, ("mamba", "transformer"): 0.5}  # last blocks
+STUDIES = [name for arch in ARCHS for name in (f"smoke/{arch}", f"smoke/{arch}/final")]  # the Optuna studies
 
 
 # ---------------------------------------------------------------- statistics
@@ -47,7 +44,7 @@ def test_interval_hand_computed():
     assert half == pytest.approx(2.484, abs=1e-3)
     mean, half, n = mean_ci([0.7])
     assert mean == 0.7 and n == 1 and math.isnan(half)  # one seed: no interval ...
-    assert report._fmt(mean, half, n, 100) == "70.0 (n=1)"  # ... and the table says so
+    assert fmt_ci(mean, half, n, 100) == "70.0 (n=1)"  # ... and the table says so
 
 
 def test_holm_and_sign_test():
@@ -110,6 +107,16 @@ def _cka(a: str, seed_a: int, la: int, b: str, seed_b: int, lb: int) -> float:
     if la == lb == 2:
         return CKA_LAST[tuple(sorted((a, b)))] - (0.05 if seed_a != seed_b else 0.0)
     return (0.95 if seed_a == seed_b else 0.3) if la == lb == 0 else 0.4
+
+
+def write_study(cfg, tables: dict[str, pd.DataFrame], meta: dict) -> None:
+    """The stored files of a study as collection writes them: every table, config.yaml, meta.yaml."""
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.to_parquet(out / f"{name}.parquet", index=False)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    (out / "meta.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
 
 
 def make_study(tmp_path: Path, storage: bool = True) -> tuple:
@@ -177,8 +184,11 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
         "cka": pd.DataFrame([{"study": "smoke", "seed": sa, "seed_b": sb, "arch_a": a, "layer_a": la, "arch_b": b,
                               "layer_b": lb, "cka": _cka(a, sa, la, b, sb, lb), "n": N_SEQ * (LENGTH - 1)}
                              for a, sa in models for b, sb in models for la in range(3) for lb in range(3)]),
+        # two random embedding tables score 0.5 on the probe's rows (computed by collection)
+        "cka_floor": pd.DataFrame([{"study": "smoke", "d_model": 32, "rows": N_SEQ * (LENGTH - 1),
+                                    "distinct_tokens": 9, "embedding": 0.5}]),
     }
-    write_outputs(cfg, tables, {"command": "python -m bench.run study=smoke", "commit": "abc1234",
+    write_study(cfg, tables, {"command": "python -m bench.run study=smoke", "commit": "abc1234",
                                 "date": "2026-01-01T00:00:00+00:00", "machine": "test", "workers": 1,
                                 "storage": cfg.storage_url})
     if not storage:
@@ -199,7 +209,7 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
 
 def test_report_from_a_hand_made_study(tmp_path, capsys):
     cfg, out = make_study(tmp_path)
-    readme = build_report(cfg, tmp_path / "report")
+    readme = build_report(out, tmp_path / "report", storage_url=cfg.storage_url, study_names=STUDIES)
     text = readme.read_text()
     positions = [text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
@@ -238,6 +248,13 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     assert "less similar to each other than two trainings of one (ratio 0.57)" in findings  # 0.517 / 0.9
     assert "similarity rises with depth: 0.30 at the embedding" in findings and "0.52 at the last block" in findings
     assert "on the same seed the embeddings score 0.95" in findings
+    assert "70 rows are lookups of 9 distinct tokens, two independent random embedding tables already score 0.50" \
+        in text and "0.30 at the embedding (two unrelated random embeddings: 0.50)" in findings
+    # sections are referred to by anchor, and every anchor is a heading's
+    slugs = {"#" + re.sub(r"[^\w\- ]", "", h.lstrip("#").strip().lower()).replace(" ", "-")
+             for h in text.splitlines() if h.startswith("#")}
+    links = re.findall(r"\]\((#[^)]+)\)", text)
+    assert {"#d-memory", "#6-mutual-learning", "#2-headline"} <= set(links) <= slugs
     # section 6: mutual learning helps transformer (one more sequence right in every cell), no one else
     mutual = text[text.index("## 6. Mutual learning"):]
     rows = {line.split("|")[1].strip(): line for line in mutual.splitlines() if line.startswith("| ")}
@@ -260,7 +277,8 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
                                                                          storage=storage))
         assert sorted(m.filename for m in metas) == sorted(["README.md", *FIGURES])
     files = len(list((out / "artifacts").rglob("*")))
-    report.publish(cfg, readme.parent)  # publishing again replaces, never piles up
+    publish(readme.parent, study="smoke", out_dir=out, storage_url=cfg.storage_url,
+            study_names=STUDIES)  # publishing again replaces, never piles up
     assert len(list((out / "artifacts").rglob("*"))) == files
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="smoke/lstm/final",
                                                                         storage=storage))) == len(FIGURES) + 1
@@ -269,21 +287,22 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
 def test_missing_decay_and_no_storage_are_said_and_stale_figures_removed(tmp_path):
     cfg, out = make_study(tmp_path, storage=False)
     (out / "decay.parquet").unlink()
-    (out / "cka.parquet").unlink()  # and no stored weights to compute it from
+    (out / "cka.parquet").unlink()  # collection always writes it: without it the section says so
     stale = tmp_path / "report" / "memory_decay.png"  # from an earlier report, when there were curves
     stale.parent.mkdir()
     stale.write_bytes(b"old")
-    text = build_report(cfg, tmp_path / "report").read_text()
+    text = build_report(out, tmp_path / "report", storage_url=cfg.storage_url, study_names=STUDIES).read_text()
     assert "No figure: no memory-decay curves stored (decay.parquet missing)" in text
     assert "no Optuna storage" in text and "**Memory:** no decay curves stored" in text
-    assert ("No figure: no representation similarity stored (cka.parquet missing) and no stored model weights to "
-            "compute it from" in text and "**Representations:** no similarity table" in text)
+    assert ("*No figure: no representation similarity stored (cka.parquet missing).*" in text
+            and "**Representations:** no similarity table (see [representation similarity]"
+                "(#g-representation-similarity))" in text and "random embedding" not in text)
     assert not stale.exists() and not (stale.parent / "importance.png").exists()
     assert not (out / "optuna.db").exists()  # neither the report nor publishing creates a storage
 
 
 def test_a_failure_leaves_the_previous_report_whole(tmp_path, monkeypatch):
-    cfg, _ = make_study(tmp_path, storage=False)
+    _, out = make_study(tmp_path, storage=False)
     readme = tmp_path / "report" / "README.md"
     readme.parent.mkdir()
     readme.write_text("the previous report")
@@ -291,28 +310,53 @@ def test_a_failure_leaves_the_previous_report_whole(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("bench.plots.pareto", broken)
+    monkeypatch.setattr("bench.report.figures.pareto", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_report(cfg, readme.parent, publish=False)
+        build_report(out, readme.parent)
     assert readme.read_text() == "the previous report" and [p.name for p in readme.parent.iterdir()] == ["README.md"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_bad_input_raises_before_anything_is_written(tmp_path):
+    with pytest.raises(MissingResults, match=r"results\.parquet is missing"):
+        build_report(tmp_path / "empty", tmp_path / "report")
+    _, out = make_study(tmp_path, storage=False)
+    (out / "config.yaml").unlink()  # the study's configuration is part of what the report reads
+    with pytest.raises(MissingResults, match=r"config\.yaml is missing"):
+        build_report(out, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    (tmp_path / "file").write_text("not a directory")
+    _, out = make_study(tmp_path / "again", storage=False)
+    with pytest.raises(ReportInputError, match="exists and is not a directory"):
+        build_report(out, tmp_path / "file")
+
+
 def test_a_study_whose_runs_all_failed_still_reports(tmp_path):
-    cfg, out = make_study(tmp_path, storage=False)
+    _, out = make_study(tmp_path, storage=False)
     results = pd.read_parquet(out / "results.parquet")
     results[results.arch.str.startswith("baseline")].to_parquet(out / "results.parquet", index=False)
     runs = pd.read_parquet(out / "runs.parquet").assign(status="failed", reason="non-finite loss")
     runs.to_parquet(out / "runs.parquet", index=False)
-    text = build_report(cfg, tmp_path / "report", publish=False).read_text()
+    text = build_report(out, tmp_path / "report").read_text()
     assert "Failed runs (9 of 9)" in text and "No architecture has results" in text
     assert "Fewer than two architectures" in text
+
+
+def test_every_architecture_keeps_its_own_colour():
+    """Every registered mixer has a fixed colour slot (a new one must be added to ARCH_ORDER, which
+    moves no existing colour), no two share one, and a name not listed still gets a stable colour."""
+    assert set(mixer_names()) <= set(ARCH_ORDER) and len(set(ARCH_ORDER)) == len(ARCH_ORDER) <= len(PALETTE)
+    assert len({arch_color(a) for a in ARCH_ORDER}) == len(ARCH_ORDER)
+    assert arch_color("ntk_attention") == "#bcbd22" and arch_color("transformer") == "#1f77b4"  # as before
+    assert arch_color("not_yet_listed") == arch_color("not_yet_listed") in PALETTE[len(ARCH_ORDER):]
 
 
 # ---------------------------------------------------------------- the CLI
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    from bench.report.__main__ import main as report_main
+
     cases = {
         "unknown study": (["study=nope"], "unknown study 'nope'"),
         "no stored results": (["study=smoke", f"out_dir={tmp_path / 'empty'}"], "results.parquet is missing"),
@@ -320,13 +364,17 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
         "unknown flag": (["study=smoke", "--bogus"], "unknown flag"),
     }
     for case, (args, message) in cases.items():
-        assert report.main([*args, "--out", str(tmp_path / "r")]) == 2, case
+        assert report_main([*args, "--out", str(tmp_path / "r")]) == 2, case
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, (case, err)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_end_to_end_from_a_real_study(tmp_path, capsys):
+    from bench.report.__main__ import main as report_main
+    from bench.run import main as run_main
+
     overrides = ["study=smoke", f"out_dir={tmp_path / 'run'}", "archs=[lstm,transformer]", "seeds=[0,1]",
                  "train.steps=20", "train.val_every=10", "train.batch_size=8", "data.test_per_family=8",
                  "data.val_size=8", "search.n_trials=3", "search.steps=10", "search.space.d_model=[16,32]",
@@ -335,8 +383,7 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
     cka, runs = pd.read_parquet(tmp_path / "run" / "cka.parquet"), pd.read_parquet(tmp_path / "run" / "runs.parquet")
     assert len(cka) == (runs["num_layers"] + 1).sum() ** 2  # every ordered pair of (model, layer), 4 models
     assert cka["cka"].between(0, 1 + 1e-9).all()
-    (tmp_path / "run" / "cka.parquet").unlink()  # a study collected before cka.parquet: computed from the weights
-    assert report.main([*overrides, "--out", str(tmp_path / "report")]) == 0
+    assert report_main([*overrides, "--out", str(tmp_path / "report")]) == 0
     readme = tmp_path / "report" / "README.md"
     assert f"wrote {readme}" in capsys.readouterr().out
     text = readme.read_text()
@@ -345,7 +392,7 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
         assert (readme.parent / name).is_file() and f"]({name})" in text, name
     assert not (readme.parent / "lag_accuracy.png").exists()
     assert "| **lstm** |" in text and "| **transformer** |" in text and "*baseline: extrapolate*" in text
-    assert "computed it from the stored weights of 4 final models" in text
+    assert "two independent random embedding tables already score" in text  # collection stored cka_floor
     assert "## 6. Mutual learning" in text and "| lstm |" in text[text.index("## 6."):]
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(
         study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES)

@@ -3,15 +3,17 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from bench.experiment.config import ConfigError, compose_config, study_names, validate
 from bench.metrics import BASELINES
 from bench.models import mixer_names
-from bench.run import compose_config, main, study_names
+from bench.run import main
 
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
         "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false", "workers=1",
@@ -36,6 +38,7 @@ def test_studies_exist_and_compose():
             assert cfg.arch_list == mixer_names() and cfg.mutual.weight is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study", study_names())
 def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
     out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]", "search.n_trials=1")
@@ -52,6 +55,7 @@ def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
         assert set(pd.read_parquet(out / "mutual.parquet").arch) == set(cfg.arch_list)
 
 
+@pytest.mark.slow
 def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     out = run_cli(tmp_path, "study=smoke", *TINY, "seeds=[0,1]")
     printed = capsys.readouterr().out
@@ -70,6 +74,7 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tmp_path):
     a = pd.read_parquet(run_cli(tmp_path / "a", "study=smoke", *TINY) / "results.parquet")
     b = pd.read_parquet(run_cli(tmp_path / "b", "study=smoke", *TINY) / "results.parquet")
@@ -124,7 +129,17 @@ BAD = {
     "negative trials": (["search.n_trials=-1"], "search.n_trials must be non-negative"),
     "no workers": (["workers=0"], "workers must be positive"),
     "unknown pruner": (["search.pruner=hyperband"], "search.pruner must be median or none"),
+    "model.arch set": (["model.arch=lstm"], "model.arch is set per architecture"),
+    "model.max_len set": (["model.max_len=16"], "model.max_len is set per architecture"),
 }
+
+
+def test_the_derived_model_keys_are_refused_from_a_study_file_too(tmp_path):
+    cfg = compose_config(["study=smoke", f"out_dir={tmp_path / 'out'}"])
+    for key, value in (("arch", "lstm"), ("max_len", 16)):
+        with pytest.raises(ConfigError, match=f"model.{key} is set per architecture"):
+            validate(replace(cfg, model=replace(cfg.model, **{key: value})))
+    assert cfg.model_config("lstm") == replace(cfg.model, arch="lstm", max_len=cfg.data.length)
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -137,6 +152,7 @@ def test_bad_input_one_line_error_exit_2_nothing_written(tmp_path, capsys, case)
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown arch", "zero steps", "append a key"])
 def test_bad_input_leaves_an_existing_run_directory_untouched(tmp_path, capsys, case):
     out = run_cli(tmp_path, "study=smoke", *TINY)
@@ -145,6 +161,7 @@ def test_bad_input_leaves_an_existing_run_directory_untouched(tmp_path, capsys, 
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_rerun_rewrites_each_output_whole_and_never_touches_a_foreign_directory(tmp_path, capsys):
     out = run_cli(tmp_path, "study=smoke", *TINY)
     before = (out / "results.parquet").stat().st_mtime_ns
@@ -178,6 +195,7 @@ def test_module_entry_point_exit_code_and_stderr(tmp_path):
     assert shown.returncode == 0 and "steps: 7" in shown.stdout and "name: phase2" in shown.stdout
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_recorded_as_failed_and_the_study_goes_on(tmp_path, capsys):
     out = run_cli(tmp_path, "study=smoke", *TINY, "train.lr=1e30", "train.warmup_max_frac=0")
     runs = pd.read_parquet(out / "runs.parquet")
@@ -195,6 +213,7 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_study_writes_its_report_when_it_ends_and_a_report_failure_keeps_the_results(tmp_path, monkeypatch,
                                                                                           capsys):
     args = ["study=smoke", *TINY, "archs=[lstm]", "report=true"]
@@ -205,7 +224,7 @@ def test_a_study_writes_its_report_when_it_ends_and_a_report_failure_keeps_the_r
 
     import bench.report
 
-    def broken(cfg):
+    def broken(*args, **kwargs):
         raise ValueError("no figures today")
 
     monkeypatch.setattr(bench.report, "build_report", broken)

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from mixer_checks import prefill_then_step
 from torch import Tensor
 
-from bench.config import TrainConfig
-from bench.models import ModelConfig, build_mixer, build_model
+from bench.models import ModelConfig, build_mixer, build_model, optim_hints
 from bench.models.s4d import S4D
-from bench.train import make_optimizer
+from bench.train import TrainConfig, make_optimizer
 
 H, N, B = 8, 16, 3
 VARIANTS = [(init, disc) for init in ("lin", "inv", "real") for disc in ("zoh", "bilinear")]
@@ -138,15 +137,15 @@ def test_optimizer_groups_honour_the_dynamics_hints():
     opt, _ = make_optimizer(model, TrainConfig(lr=5e-4))
     assert {g["initial_lr"] for g in opt.param_groups} == {5e-4}
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="s4d", d_model=H, num_layers=1, mixer={"ssm_lr": 2e-4}))
+    model = build_model(ModelConfig(arch="s4d", d_model=H, num_layers=1, mixer={"s4d": {"ssm_lr": 2e-4}}))
     opt, _ = make_optimizer(model, TrainConfig(lr=1e-2))
     assert sorted({g["initial_lr"] for g in opt.param_groups}) == [2e-4, 1e-2]
 
 
 def test_hints_survive_dtype_moves():
     m = make(torch.float64)
-    assert m.kernel.A_imag._optim == {"weight_decay": 0.0, "lr": 1e-3}
-    assert not hasattr(m.kernel.C, "_optim") and not hasattr(m.D, "_optim")
+    dynamics = {"weight_decay": 0.0, "lr": 1e-3}
+    assert optim_hints(m) == {f"kernel.{n}": dynamics for n in ("log_dt", "log_A_real", "A_imag")}
 
 
 def test_hyperparameter_mapping():
@@ -154,7 +153,7 @@ def test_hyperparameter_mapping():
     assert m.unused_hparams == ["d_conv", "expand"] and m.kernel.C.shape == (H, N // 2, 2)
     assert m.state_size(100) == H * N
     with pytest.raises(ValueError, match="'expand' was set for architecture 's4d'"):
-        build_model(ModelConfig(arch="s4d", d_model=H, mixer={"expand": 2}))
+        build_model(ModelConfig(arch="s4d", d_model=H, mixer={"s4d": {"expand": 2}}))
 
 
 @pytest.mark.parametrize(("kw", "word"), [

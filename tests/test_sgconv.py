@@ -190,7 +190,8 @@ def test_gradients_are_finite_at_length_512():
 
 def test_sub_kernels_have_their_learning_rate_capped():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="sgconv", d_model=16, num_layers=2, d_state=8, mixer={"kernel_lr": 5e-4}))
+    cfg = ModelConfig(arch="sgconv", d_model=16, num_layers=2, d_state=8, mixer={"sgconv": {"kernel_lr": 5e-4}})
+    model = build_model(cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = param_groups(model, 1e-2, weight_decay=0.1)
     where = {names[id(p)]: (g["weight_decay"], g["lr"]) for g in groups for p in g["params"]}

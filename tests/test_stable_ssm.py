@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from mixer_checks import prefill_then_step, step_through
 from torch import Tensor
 
+from bench.experiment.config import compose_config
 from bench.models import build_mixer, build_model
 from bench.models.backbone import ModelConfig
 from bench.models.stable_ssm import REPARAMS, StableSSM, inverse_real_part, real_part
-from bench.run import compose_config
 from bench.train import param_groups
 
 H, N = 8, 8
@@ -228,7 +228,7 @@ def test_dynamics_parameters_get_no_weight_decay_and_a_capped_lr():
         assert (c["weight_decay"], c["lr"]) == (0.1, lr)  # C is an ordinary weight
         assert group_of(groups, "blocks.0.mixer.D")["weight_decay"] == 0.0
     torch.manual_seed(0)
-    other = build_model(ModelConfig(arch="stable_ssm", d_model=16, d_state=8, mixer={"ssm_lr": 3e-4}))
+    other = build_model(ModelConfig(arch="stable_ssm", d_model=16, d_state=8, mixer={"stable_ssm": {"ssm_lr": 3e-4}}))
     names = {id(p): n for n, p in other.named_parameters()}
     assert group_of(param_groups(other, 1e-2, 0.1), "blocks.1.mixer.kernel.log_dt")["lr"] == 3e-4
 

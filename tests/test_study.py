@@ -19,12 +19,25 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import study as engine
+from bench.experiment import storage
+from bench.experiment import trial as engine
+from bench.experiment.config import ConfigError, compose_config
+from bench.experiment.context import Context
+from bench.experiment.pool import mark_study_dir
+from bench.experiment.search import (
+    ISO_TOLERANCE,
+    defaults,
+    iso_params,
+    iso_target,
+    size_of,
+    suggest,
+    trial_config,
+    used_hparams,
+)
+from bench.experiment.worker import Worker
 from bench.memory import model_on_meta
 from bench.models import mixer_names
-from bench.run import compose_config, main
-from bench.search import ISO_TOLERANCE, size_of, suggest, trial_config, used_hparams
-from bench.study import Worker
+from bench.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
@@ -101,11 +114,11 @@ def test_a_memory_infeasible_configuration_is_pruned_without_training(tmp_path, 
     assert all(t.user_attrs["mem_estimate_gib"] > 0.00001 for t in done)
 
 
-@pytest.mark.parametrize("multiseed", ["off", "on"])
-def test_an_over_budget_final_configuration_fails_with_its_reason_and_the_study_ends(tmp_path, multiseed):
+@pytest.mark.slow
+def test_an_over_budget_final_configuration_fails_with_its_reason_and_the_study_ends(tmp_path):
     out = tmp_path / "out"
     assert main(["study=smoke", *TINY, "archs=[lstm]", "seeds=[0,1]", "search.n_trials=0", "memory_budget=0.00001",
-                 f"multiseed={multiseed}", f"out_dir={out}"]) == 0
+                 f"out_dir={out}"]) == 0
     runs = pd.read_parquet(out / "runs.parquet")
     assert (runs.status == "failed").all() and len(runs) == 2
     assert runs.reason.str.contains("exceeds memory_budget").all()
@@ -153,6 +166,7 @@ def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp
     assert len(trials(cfg, "smoke/transformer/final")) == 1  # the final stage still ran
 
 
+@pytest.mark.slow
 def test_rerunning_resumes_and_stops_at_exactly_the_configured_counts(tmp_path):
     args = ["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={tmp_path / 'out'}"]
     assert main(args) == 0
@@ -165,6 +179,7 @@ def test_rerunning_resumes_and_stops_at_exactly_the_configured_counts(tmp_path):
     assert (grown.stage == "search").sum() == 3 and (grown.stage == "final").sum() == 1
 
 
+@pytest.mark.slow
 def test_a_study_run_under_another_configuration_is_refused(tmp_path, capsys):
     args = ["study=smoke", *TINY, "archs=[lstm]", f"out_dir={tmp_path / 'out'}"]
     assert main(args) == 0
@@ -176,19 +191,19 @@ def test_a_knob_added_since_with_its_default_does_not_invalidate_a_stored_study(
     """A study stored before a mixer was registered (its fingerprint lacks that mixer's knobs) is
     still the same study; the same knob set to a non-default value is a difference."""
     cfg = tiny(tmp_path, "archs=[lstm]")
-    engine.mark_study_dir(cfg)
-    storage = engine.open_storage(cfg)
-    study = engine.load_study(storage, cfg, "s/lstm")
+    mark_study_dir(cfg)
+    db = storage.open_storage(cfg)
+    study = storage.load_study(db, cfg, "s/lstm")
     old = json.loads(study.user_attrs["config"])
     del old["model"]["mixer"]["transformer"]  # as if transformer had been registered after this ran
     study.set_user_attr("config", json.dumps(old))
-    study.set_user_attr("config_digest", engine._digest(old))
-    engine.load_study(storage, cfg, "s/lstm")  # accepted: the new key holds its default
+    study.set_user_attr("config_digest", storage.digest(old))
+    storage.load_study(db, cfg, "s/lstm")  # accepted: the new key holds its default
     changed = tiny(tmp_path, "archs=[lstm]", "model.mixer.transformer.n_heads=4")
-    with pytest.raises(engine.ConfigError, match=r"model\.mixer\.transformer differ"):
-        engine.load_study(storage, changed, "s/lstm")
-    with pytest.raises(engine.ConfigError, match=r"train\.lr differ"):
-        engine.load_study(storage, tiny(tmp_path, "archs=[lstm]", "train.lr=0.05"), "s/lstm")
+    with pytest.raises(ConfigError, match=r"model\.mixer\.transformer differ"):
+        storage.load_study(db, changed, "s/lstm")
+    with pytest.raises(ConfigError, match=r"train\.lr differ"):
+        storage.load_study(db, tiny(tmp_path, "archs=[lstm]", "train.lr=0.05"), "s/lstm")
 
 
 def test_unreachable_storage_is_a_one_line_error(tmp_path, capsys):
@@ -211,6 +226,7 @@ def counted(out: Path) -> pd.DataFrame:
     return t[t.counted].groupby(["stage", "arch"]).size()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_the_same_command_finishes_exactly_with_nothing_lost(tmp_path):
     out = tmp_path / "out"
     args = ["study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=3", "search.steps=400",
@@ -244,6 +260,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_exactly_with_nothing_l
     assert not list((out / "checkpoints").rglob("*.pt"))  # finished trials clean up their checkpoints
 
 
+@pytest.mark.slow
 def test_two_workers_on_sqlite_reach_the_exact_counts(tmp_path):
     out = tmp_path / "out"
     done = run_bench(tmp_path, "study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=5",
@@ -262,12 +279,13 @@ POSTGRES = os.environ.get("ARCHBENCH_TEST_POSTGRES", "postgresql+psycopg2://arch
 
 def postgres_or_skip() -> str:
     try:
-        engine.open_storage(compose_config(["study=smoke", f"storage={POSTGRES}"]))
+        storage.open_storage(compose_config(["study=smoke", f"storage={POSTGRES}"]))
     except Exception as e:
         pytest.skip(f"no PostgreSQL server reachable at {POSTGRES} ({str(e)[:120]}); .ci/run starts one")
     return POSTGRES
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_reach_the_exact_counts(tmp_path):
     url = postgres_or_skip()
@@ -288,6 +306,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_the_dashboard_serves_the_study(tmp_path):
     out = tmp_path / "out"
     assert main(["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=1", f"out_dir={out}"]) == 0
@@ -322,15 +341,16 @@ def test_dashboard_without_a_study_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("measure", ["params", "state"])
 def test_iso_sizes_land_within_10_percent_of_each_other(measure):
     cfg = compose_config(["study=phase2", f"iso={measure}"])
-    target = engine.iso_target(cfg)
+    target = iso_target(cfg)
     sizes = {}
     for arch in cfg.arch_list:
-        params = engine.iso_params(cfg, arch, engine.defaults(arch, cfg), target)
+        params = iso_params(cfg, arch, defaults(arch, cfg), target)
         sizes[arch] = size_of(trial_config(cfg, params), arch, measure)
         assert abs(sizes[arch] - target) <= ISO_TOLERANCE * target, (arch, sizes[arch], target)
     assert max(sizes.values()) <= 1.10 * min(sizes.values()), sizes
 
 
+@pytest.mark.slow
 def test_iso_final_runs_train_the_sized_models(tmp_path):
     out = tmp_path / "out"
     assert main(["study=smoke", *TINY, "archs=[transformer,lstm]", "iso=params", "iso_target=20000",
@@ -340,6 +360,7 @@ def test_iso_final_runs_train_the_sized_models(tmp_path):
     assert runs.loc["transformer", "d_model"] != runs.loc["lstm", "d_model"]
 
 
+@pytest.mark.slow
 def test_stage_search_then_stage_final(tmp_path, capsys):
     args = ["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={tmp_path / 'out'}"]
     assert main([*args, "stage=final"]) == 2
@@ -373,7 +394,7 @@ def test_trials_are_pruned_mid_budget_but_never_at_their_last_validation(tmp_pat
             return {"val_loss": 4.0 - index + k * (index >= worse_from)}
         return validate
 
-    monkeypatch.setattr(engine.Context, "validator", validator)
+    monkeypatch.setattr(Context, "validator", validator)
     Worker(cfg, torch.device("cpu"), log=lambda m: None).run()
     done = trials(cfg, "smoke/lstm")
     if worse_from == 2:  # worse at step 6 of 9: pruned there
@@ -382,18 +403,15 @@ def test_trials_are_pruned_mid_budget_but_never_at_their_last_validation(tmp_pat
         assert [(t.state.name, t.user_attrs["steps"]) for t in done] == [("COMPLETE", 9)] * 3
 
 
-def test_stacked_final_runs_match_separate_ones(tmp_path):
-    """multiseed=on trains a configuration's seeds as one stacked model: the same test scores as
-    separate runs (float tolerance), each seed its own trial with its intermediate values."""
+@pytest.mark.slow
+def test_every_seed_of_the_final_stage_is_its_own_trial_with_its_intermediate_values(tmp_path):
+    """The final stage trains each seed of a configuration as its own run and trial (the stacked
+    multi-seed path is gone: runs.parquet has no `vectorised` column)."""
     args = ["study=smoke", *TINY, "archs=[transformer,s4d]", "seeds=[0,1,2]"]
-    assert main([*args, "multiseed=off", f"out_dir={tmp_path / 'off'}"]) == 0
-    assert main([*args, "multiseed=on", f"out_dir={tmp_path / 'on'}"]) == 0
-    keys = ["arch", "seed", "phase", "family", "position", "metric"]
-    off, on = (pd.read_parquet(tmp_path / d / "results.parquet").set_index(keys).value for d in ("off", "on"))
-    pd.testing.assert_series_equal(on.sort_index(), off.sort_index(), atol=1e-4, rtol=1e-5)
+    assert main([*args, f"out_dir={tmp_path / 'on'}"]) == 0
     runs = pd.read_parquet(tmp_path / "on" / "runs.parquet")
-    assert runs.vectorised.all() and len(runs) == 6
-    assert "vectorised" not in pd.read_parquet(tmp_path / "off" / "runs.parquet")
+    assert len(runs) == 6 and (runs.status == "ok").all()
+    assert "vectorised" not in runs
     cfg = tiny(tmp_path, "archs=[transformer,s4d]", "seeds=[0,1,2]", f"out_dir={tmp_path / 'on'}")
     final = trials(cfg, "smoke/s4d/final")
     assert [t.state.name for t in final] == ["COMPLETE"] * 3
@@ -401,10 +419,11 @@ def test_stacked_final_runs_match_separate_ones(tmp_path):
     assert all(len(t.intermediate_values) == 2 for t in final)  # validations at steps 3 and 6
 
 
+@pytest.mark.slow
 def test_the_mutual_stage_with_weight_zero_reproduces_the_final_runs_exactly(tmp_path):
     """mutual.weight=0 is the joint loop without its KL term: each member's test scores equal its
     independent final run's, bit for bit; a positive weight changes them; a changed weight is refused."""
-    args = ["study=smoke", *TINY, "archs=[lstm,transformer]", "seeds=[0,1]", "multiseed=off"]
+    args = ["study=smoke", *TINY, "archs=[lstm,transformer]", "seeds=[0,1]"]
     assert main([*args, "mutual.weight=0", f"out_dir={tmp_path / 'zero'}"]) == 0
     keys = ["arch", "seed", "phase", "family", "position", "metric"]
     out = tmp_path / "zero"
@@ -429,7 +448,7 @@ def test_the_mutual_stage_with_weight_zero_reproduces_the_final_runs_exactly(tmp
 
 @pytest.mark.parametrize("override, message", [
     ("mutual.weight=-1", "mutual.weight must be a non-negative number"),
-    ("multiseed=sometimes", "multiseed must be auto, on or off"),
+    ("multiseed=off", "multiseed"),  # the stacked multi-seed path is gone, and its key with it
 ])
 def test_bad_mutual_and_multiseed_settings_are_one_line_errors(tmp_path, capsys, override, message):
     assert main(["study=smoke", *TINY, "archs=[lstm,s4d]", override, f"out_dir={tmp_path / 'out'}"]) == 2
@@ -441,3 +460,38 @@ def test_bad_mutual_and_multiseed_settings_are_one_line_errors(tmp_path, capsys,
 def test_mutual_learning_needs_two_architectures(tmp_path, capsys):
     assert main(["study=smoke", *TINY, "archs=[lstm]", "mutual.weight=1", f"out_dir={tmp_path / 'out'}"]) == 2
     assert "needs at least two archs" in capsys.readouterr().err
+
+
+def test_one_run_record_feeds_run_json_runs_parquet_and_trial_attributes(tmp_path):
+    """RunRecord's fields are runs.parquet's columns (in order; an optional one only when some run
+    has it); its "plan" and "outcome" fields are a trial's attributes; run.json round-trips it."""
+    from bench.experiment.records import COLUMNS, RunFiles, RunRecord, runs_table
+
+    assert COLUMNS[:25] == ["study", "stage", "arch", "seed", "status", "reason", "d_model", "num_layers", "d_state",
+                            "d_conv", "expand", "lr", "num_params", "state_size", "steps", "tokens", "wall_s",
+                            "best_step", "stopped_early", "mem_estimate_gib", "mem_measured_gib", "impl", "device",
+                            "search_trial", "trial"]
+    assert COLUMNS[25:] == sorted(COLUMNS[25:])  # the optional tail, alphabetical as runs.parquet always had it
+    ok = RunRecord(study="s", arch="lstm", seed=0, d_model=16, steps_budget=6, steps=6, val_loss=1.5,
+                   status="ok", reason="")
+    failed = RunRecord(study="s", arch="s4d", seed=0, failure_reason="no search trial", status="failed")
+    table = runs_table([ok, failed], "s")
+    assert list(table.columns) == COLUMNS[:25] + ["failure_reason", "steps_budget", "val_loss"]
+    assert ok.attrs("plan", "outcome") == {"arch": "lstm", "seed": 0, "d_model": 16, "steps_budget": 6,
+                                           "steps": 6, "val_loss": 1.5}  # never study, stage, status, ...
+    files = RunFiles(tmp_path, "lstm", 0)
+    files.write(ok, [], None, None)
+    assert RunRecord.load(files.run_json) == ok
+    assert files.run_json == tmp_path / "final" / "lstm-seed0.run.json"
+    assert RunFiles(tmp_path, "lstm", 0, "mutual").weights == tmp_path / "models" / "lstm-seed0-mutual.pt"
+    legacy = {**ok.row(), "vectorised": True, "fallback": None}  # run.json of the removed stacked stage
+    assert RunRecord.from_row(legacy) == ok
+
+
+def test_the_stored_fingerprint_leaves_out_the_derived_model_keys(tmp_path):
+    """model.arch and model.max_len are set per architecture: no part of what a study must match, so
+    studies stored before Config.model became the backbone's ModelConfig still load."""
+    cfg = tiny(tmp_path, "archs=[lstm]")
+    for stage in ("search", "final", "mutual"):
+        model = storage.fingerprint(cfg, stage)["model"]
+        assert "arch" not in model and "max_len" not in model and "mixer" in model

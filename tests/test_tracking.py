@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import tracking
+from bench.experiment import tracking
 from bench.run import main
 
 TINY = ["study=smoke", "archs=[lstm]", "train.steps=6", "train.val_every=3", "train.batch_size=8",
@@ -52,6 +52,7 @@ def test_mode_rules(tmp_path, monkeypatch, unconfigured):
     assert tracking.wandb_mode() == "offline"
 
 
+@pytest.mark.slow
 def test_offline_by_default_one_run_per_trial_and_final_run(tmp_path, unconfigured):
     out = tmp_path / "out"
     assert main([*TINY, "search.n_trials=2", "seeds=[0,1]", f"out_dir={out}"]) == 0
@@ -69,6 +70,7 @@ def test_offline_by_default_one_run_per_trial_and_final_run(tmp_path, unconfigur
             assert (b"test_accuracy" in b) == (stage == "final")  # the final run's test scores
 
 
+@pytest.mark.slow
 def test_failure_reason_reaches_the_run(tmp_path, unconfigured):
     out = tmp_path / "out"
     assert main([*TINY, "search.n_trials=0", "train.lr=1e30", "train.warmup_max_frac=0", f"out_dir={out}"]) == 0
@@ -76,6 +78,7 @@ def test_failure_reason_reaches_the_run(tmp_path, unconfigured):
     assert b"failure_reason" in records(run) and b"non-finite" in records(run)
 
 
+@pytest.mark.slow
 def test_tracking_none_writes_nothing(tmp_path, unconfigured):
     out = tmp_path / "out"
     assert main([*TINY, "search.n_trials=1", "tracking=none", f"out_dir={out}"]) == 0
@@ -88,6 +91,7 @@ def test_unknown_tracking_is_a_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: tracking must be wandb or none, got 'mlflow'"
 
 
+@pytest.mark.slow
 def test_configured_but_unreachable_falls_back_to_offline_once(tmp_path, unconfigured, monkeypatch):
     """A key but no network: wandb alone would wait 90 s per run; we wait INIT_TIMEOUT_S once, then
     log offline. Run in a subprocess with a hard limit, so a hang fails the test instead of CI."""

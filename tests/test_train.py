@@ -6,18 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import TrainConfig
 from bench.data.curriculum import Curriculum, TrainStream, make_test_set
 from bench.metrics import RANDOM_BASELINE, evaluate
-from bench.models import build_model
+from bench.models import build_model, register
 from bench.models.backbone import ModelConfig
 from bench.train import (
+    EarlyStopping,
+    TrainConfig,
     TrainingDiverged,
     distance_weighted_ce,
     lr_factor,
     make_optimizer,
     param_groups,
     train,
+    train_cohort,
     warmup_steps,
 )
 
@@ -62,8 +64,7 @@ class Hinted(nn.Module):
         self.emb = nn.Embedding(256, 8)
         self.lin = nn.Linear(8, 8)
         self.norm = nn.LayerNorm(8)
-        self.A_log = nn.Parameter(torch.zeros(8, 4))
-        self.A_log._optim = {"weight_decay": 0.0, "lr": 1e-3}
+        self.A_log = register(self, "A_log", torch.zeros(8, 4), weight_decay=0.0, lr=1e-3)
 
 
 def test_param_groups_honour_decay_rules_and_hints():
@@ -238,3 +239,94 @@ def test_a_finished_checkpoint_is_not_trained_further(tmp_path):
     assert res.steps == 10 and res.resumed_from == 10
     for k, v in first.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_early_stopping_counts_only_after_final_epoch_and_restores_the_best_weights():
+    model = nn.Linear(2, 2)
+    stopping = EarlyStopping(patience=2, min_delta=0.0, final_epoch=2.0)
+    # epochs 1-2 always count as the best (the curriculum still changes), whatever their losses
+    assert not stopping.update(1.0, 5, 1.0, model) and not stopping.update(3.0, 10, 2.0, model)
+    assert (stopping.best, stopping.best_step, stopping.wait) == (3.0, 10, 0)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not stopping.update(2.0, 15, 3.0, model)  # an improvement: wait starts again
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    assert not stopping.update(2.5, 20, 4.0, model)  # 1st without improvement
+    assert stopping.update(2.0, 25, 5.0, model)  # 2nd (equal is no improvement): stop
+    assert (stopping.best, stopping.best_step, stopping.wait) == (2.0, 15, 2)
+    stopping.restore(model)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, best[k], rtol=0, atol=0)
+
+
+def test_without_early_stopping_nothing_stops_and_the_final_weights_stay():
+    model = nn.Linear(2, 2)
+    stopping = EarlyStopping(patience=1, min_delta=0.0, enabled=False)
+    assert not stopping.update(1.0, 5, 1.0, model)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    assert not any(stopping.update(2.0, 5 * i, float(i), model) for i in range(2, 6))
+    assert stopping.best_step == 5 and stopping.wait == 4
+    stopping.restore(model)
+    assert torch.equal(model.weight, torch.full((2, 2), 3.0))
+
+
+def test_a_resumed_run_with_dropout_continues_the_identical_random_stream(tmp_path):
+    """The checkpoint carries the random state: a run with dropout, killed after its 1st validation
+    and resumed, repeats the uninterrupted run's training losses and weights bit for bit."""
+    def dropout_model():
+        torch.manual_seed(0)
+        return build_model(ModelConfig(arch="transformer", d_model=16, num_layers=1, ffn_mult=2, dropout=0.3))
+
+    cfg = TrainConfig(steps=15, batch_size=8, val_every=5, lr=1e-2, early_stopping=False)
+    validate = lambda m, i, e: {"val_loss": 1.0}  # noqa: E731
+    whole = dropout_model()
+    ref = train(whole, cfg, tiny_stream(), validate)
+
+    def kill_at_first(res):
+        raise Interrupt
+
+    ck = tmp_path / "trial.pt"
+    with pytest.raises(Interrupt):
+        train(dropout_model(), cfg, tiny_stream(), validate, checkpoint=ck, on_validation=kill_at_first)
+    torch.manual_seed(123)  # whatever the retry's ambient random state
+    resumed = dropout_model()
+    res = train(resumed, cfg, tiny_stream(), validate, checkpoint=ck)
+    assert res.resumed_from == 5 and res.history == ref.history
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_a_stopped_member_answers_its_peers_from_the_weights_it_stopped_with():
+    """The coupling of train_cohort sees every peer still answering: one that stopped early answers
+    from its restored best weights (in eval mode), so its predictions no longer change."""
+    losses = {0: iter([1.0, 2.0]), 1: iter([1.0 - i / 10 for i in range(4)])}  # member 0 stops at step 10
+    cfg = TrainConfig(steps=20, batch_size=8, val_every=5, patience=1, min_delta=0.0)
+    seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+
+    def coupling(k, logits, peers):
+        assert len(peers) == 1
+        seen[k].append(peers[0].clone())
+        return 0.0 * logits.sum()
+
+    best = {}
+
+    def validate(m, index, epoch, k):
+        if k == 0 and index == 1:
+            best.update({name: v.clone() for name, v in m.state_dict().items()})
+        return {"val_loss": next(losses[k])}
+
+    models = [tiny_model(), tiny_model("lstm")]
+    validates = [lambda m, i, e, k=k: validate(m, i, e, k) for k in (0, 1)]
+    got = train_cohort(models, [cfg, cfg], tiny_stream(), validates, coupling=coupling)
+    assert (got[0].steps, got[0].stopped_early, got[0].best_step) == (10, True, 5) and got[1].steps == 20
+    for name, v in models[0].state_dict().items():  # the weights of its best validation, at step 5
+        torch.testing.assert_close(v, best[name], rtol=0, atol=0)
+    assert len(seen[0]) == 10 and len(seen[1]) == 20
+    stream = tiny_stream()
+    with torch.no_grad():  # member 0's answers after it stopped: its final (best) model on each batch
+        for step in range(10, 20):
+            expected = torch.log_softmax(models[0](stream.batch(step)[:, :-1]).float(), -1)
+            torch.testing.assert_close(seen[1][step], expected, rtol=0, atol=0)

@@ -115,7 +115,7 @@ def cka_table(models: Mapping[tuple[str, int], nn.Module], tokens: Tensor, *, ac
     i = block i). Both orders are stored (the values are symmetric), so any slice pivots directly.
 
     * seed == seed_b: architectures on the same seed, which gave them the same training stream (and,
-      in `bench.study`, the same initialisation stream: at equal d_model their embeddings start from
+      in the study engine, the same initialisation stream: at equal d_model their embeddings start from
       the same weights); arch_a == arch_b is one model against itself (1 on the layer diagonal).
     * seed != seed_b (if `across_seeds`, the default): every pair of models of different seeds. The
       same architecture on two seeds is the seed-to-seed reference (how similar two trainings of one

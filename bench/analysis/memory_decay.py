@@ -3,8 +3,8 @@
 StableSSM's paper characterises a model by its memory function ρ(k) = ‖∂y_T/∂x_{T-k}‖ (Wang & Li,
 arXiv 2311.14495; ARCHITECTURES.md §6.5): a stable linear SSM forgets exponentially, ρ(k) ~ |Ā|^k.
 This module measures the analogue for any trained archbench model through its public interface only
-(`model(tokens) -> logits (B, T, 256)` and the input embedding module `model.embed`), so all seven
-architectures are probed by the same code.
+(`model(tokens) -> logits (B, T, 256)` and the input embedding module `model.embed`), so every
+registered architecture is probed by the same code.
 
 Convention: tokens (B, T) are inputs x_0..x_{T-1}; the prediction is logits[:, T-1], the model's
 guess of x_T. "k steps back" is input x_{T-k}, so k = 1 is the last input and k runs over 1..T:

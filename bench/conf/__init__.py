@@ -1,1 +1,1 @@
-"""Hydra's primary config; the schema lives in `bench.config`, the studies in top-level `studies/`."""
+"""Hydra's primary config; the schema lives in `bench.experiment.config`, the studies in top-level `studies/`."""

@@ -21,10 +21,17 @@ Mixer protocol (identical for every mixer; x is (B, L, d), x_t is (B, d)):
   batch size, layers and bytes to prune configurations that cannot fit before they train. Tests
   hold it within a factor of 2 of what autograd actually saves (`saved_tensors_hooks`).
 
-Optimiser hints: a mixer may attach `param._optim = {"weight_decay": 0.0, "lr": 1e-3}` to a
-parameter that needs special treatment (S4-style SSM dynamics); `bench.train.param_groups` replaces
-the default weight decay with `weight_decay` and caps that parameter's learning rate at `lr`.
-Declare the hint where the parameter is created. The Transformer and LSTM need none.
+Optimiser hints: a parameter that needs special treatment (S4-style SSM dynamics) is created with
+`register(self, "log_dt", tensor, lr=ssm_lr, weight_decay=0.0)` (bench/models/hints.py), which
+records the hint on the owning module, by name, where the parameter is made. `optim_hints(model)`
+maps qualified parameter names (as `model.named_parameters()` gives them) to those hints;
+`bench.train.param_groups` replaces the default weight decay with `weight_decay` and caps that
+parameter's learning rate at `lr`. Hints survive `copy.deepcopy` and dtype/device moves. The
+Transformer and LSTM need none.
+
+Configuration: one `ModelConfig` (backbone.py) whose `mixer` field holds every architecture's own
+knobs keyed by architecture name; `build_model` passes those of `cfg.arch`, and `mixer_defaults()`
+lists each mixer's knobs with their defaults (what a study's config shows and overrides).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 from torch import nn
 
 from bench.models.backbone import VOCAB, ModelConfig, ModelState, SequenceModel
+from bench.models.hints import optim_hints, register
 from bench.models.liquid_s4 import LiquidS4
 from bench.models.lstm import LSTMMixer
 from bench.models.mamba import Mamba
@@ -60,11 +68,23 @@ MIXERS: dict[str, type[nn.Module]] = {
 SHARED_HPARAMS = ("d_state", "d_conv", "expand")
 
 __all__ = ["MIXERS", "SHARED_HPARAMS", "VOCAB", "ModelConfig", "ModelState", "SequenceModel",
-           "build_mixer", "build_model", "mixer_names"]
+           "build_mixer", "build_model", "mixer_defaults", "mixer_names", "optim_hints", "register"]
 
 
 def mixer_names() -> list[str]:
     return sorted(MIXERS)
+
+
+def mixer_defaults() -> dict[str, dict[str, Any]]:
+    """Each registered mixer's own keyword arguments with their defaults, e.g. {"transformer": {"n_heads": 2,
+    "pos": "rope"}, "lstm": {}}: the shape of `ModelConfig.mixer`, so a config that lists them makes a
+    misspelt knob an error and shows every knob; a new mixer's knobs appear automatically."""
+    skip = {"self", "d_model", *SHARED_HPARAMS}
+    return {
+        name: {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+               if p.name not in skip and p.default is not inspect.Parameter.empty}
+        for name, cls in sorted(MIXERS.items())
+    }
 
 
 def build_mixer(name: str, d_model: int, *, explicit: frozenset[str] = frozenset(), **hparams: Any) -> nn.Module:
@@ -90,12 +110,18 @@ def build_mixer(name: str, d_model: int, *, explicit: frozenset[str] = frozenset
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SequenceModel:
     """The backbone around `cfg.num_layers` fresh mixers of `cfg.arch`.
 
-    `cfg` is a ModelConfig, or a dict / OmegaConf DictConfig with the same keys. The arch-specific
-    extras in `cfg.mixer` are passed next to the shared hyperparameters (and may override them); a
-    shared hyperparameter set there for a mixer that does not use it is an error.
+    `cfg` is a ModelConfig, or a dict / OmegaConf DictConfig with the same keys. The knobs of
+    `cfg.arch` in `cfg.mixer` are passed next to the shared hyperparameters (and may override them);
+    a shared hyperparameter set there for a mixer that does not use it is an error, and so is a key
+    of `cfg.mixer` that names no registered architecture (a misspelt name would otherwise drop its
+    knobs silently). The other architectures' knobs are not read.
     """
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_mapping(cfg)
-    hparams = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, **cfg.mixer}
-    explicit = frozenset(cfg.mixer)
+    unknown = sorted(set(cfg.mixer) - set(MIXERS))
+    if unknown:
+        raise ValueError(f"mixer: unknown architecture '{unknown[0]}' (registered: {', '.join(mixer_names())})")
+    knobs = dict(cfg.mixer.get(cfg.arch, {}))
+    hparams = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, **knobs}
+    explicit = frozenset(knobs)
     return SequenceModel(cfg, lambda: build_mixer(cfg.arch, cfg.d_model, explicit=explicit, **hparams))

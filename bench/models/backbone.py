@@ -23,6 +23,13 @@ from bench.data.base import VOCAB  # token values 0..255, the one definition of 
 
 @dataclass
 class ModelConfig:
+    """The one model configuration: the backbone's sizes, the architecture, and each mixer's own knobs.
+
+    `mixer` is keyed by architecture, {"s4d": {"ssm_lr": 2e-4}, "transformer": {"n_heads": 4}}, so one
+    config (a study's `model` section) carries the knobs of every architecture it compares;
+    `bench.models.build_model` passes only those of `arch`.
+    """
+
     arch: str = "transformer"
     d_model: int = 64
     num_layers: int = 2
@@ -34,7 +41,7 @@ class ModelConfig:
     embedding: str = "learned"
     max_len: int = 8  # the numeric embedding divides positions by max_len - 1
     dropout: float = 0.0
-    mixer: dict[str, Any] = field(default_factory=dict)  # arch-specific extras: {"n_heads": 2, "pos": "rope"}
+    mixer: dict[str, dict[str, Any]] = field(default_factory=dict)  # {arch: {knob: value}}, see above
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "ffn_mult", "max_len"):
@@ -44,6 +51,9 @@ class ModelConfig:
             raise ValueError(f"embedding must be 'learned' or 'numeric', got {self.embedding!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for arch, knobs in self.mixer.items():
+            if not isinstance(knobs, Mapping):
+                raise ValueError(f"mixer must map each architecture to its knobs, got {arch!r}: {knobs!r}")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> ModelConfig:
@@ -53,7 +63,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config key '{unknown[0]}' (known: {', '.join(sorted(known))})")
         values = dict(cfg)
-        values["mixer"] = dict(values.get("mixer") or {})
+        # plain dicts of each architecture's knobs (a null entry is no knobs); a non-mapping fails in __post_init__
+        values["mixer"] = {arch: dict(knobs) if isinstance(knobs, Mapping) else knobs or {}
+                           for arch, knobs in (values.get("mixer") or {}).items()}
         return cls(**values)
 
 

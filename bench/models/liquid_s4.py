@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bench.models.hints import register
+
 
 def legs_eig(N: int) -> tuple[Tensor, Tensor, Tensor]:
     """Diagonalise the normal part of HiPPO-LegS in float64 on the CPU: (w (N,), V (N, N), V* B (N,)).
@@ -56,10 +58,11 @@ class LiquidS4Kernel(nn.Module):
     def __init__(self, d_model: int, d_state: int, init: str, dt_min: float, dt_max: float, ssm_lr: float) -> None:
         super().__init__()
         H, n_modes = d_model, d_state // 2
-        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        self.log_A_real = nn.Parameter(torch.full((H, n_modes), math.log(0.5)))  # Re λ = -exp(.) = -½
-        self.A_imag = nn.Parameter(torch.empty(H, n_modes))
-        self.B = nn.Parameter(torch.empty(H, n_modes, 2))
+        hint = {"lr": ssm_lr, "weight_decay": 0.0}
+        register(self, "log_dt", torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min), **hint)
+        register(self, "log_A_real", torch.full((H, n_modes), math.log(0.5)), **hint)  # Re λ = -exp(.) = -½
+        register(self, "A_imag", torch.empty(H, n_modes), **hint)
+        register(self, "B", torch.empty(H, n_modes, 2), **hint)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, n_modes, dtype=torch.cfloat)))  # (H, N/2, 2)
         if init == "legs":  # keep the member of each conjugate pair with ω > 0 (the upper half)
             w, _, VB = legs_eig(d_state)
@@ -70,8 +73,6 @@ class LiquidS4Kernel(nn.Module):
         with torch.no_grad():  # values computed on the CPU, copied to wherever the parameters live
             self.A_imag.copy_(imag.expand(H, n_modes))
             self.B.copy_(torch.view_as_real(b).expand(H, n_modes, 2))
-        for p in (self.log_dt, self.log_A_real, self.A_imag, self.B):
-            p._optim = {"weight_decay": 0.0, "lr": ssm_lr}
 
     def discretize(self, degree: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(log Ā (H, N/2), Ā (H, N/2), B̄^p for p = 1..degree (degree, H, N/2), C (H, N/2)), complex.

@@ -41,6 +41,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bench.models.hints import register
 from bench.models.transformer import KVCache, apply_rope, head_dim
 
 
@@ -68,8 +69,8 @@ class NTKAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         # The prefix: Z = Σ_p φ(p) v_pᵀ and k = Σ_p φ(p) of the paper, per head. Z = 0, k = 1/d_h.
         self.prefix_z = nn.Parameter(torch.zeros(n_heads, d_head, d_head))
-        self.prefix_k_log = nn.Parameter(torch.full((n_heads, d_head), -math.log(d_head)))
-        self.prefix_k_log._optim = {"weight_decay": 0.0}  # a log-scale: decay would pull k towards 1, not 0
+        # k's log-scale gets no weight decay: decay would pull k towards 1, not 0
+        register(self, "prefix_k_log", torch.full((n_heads, d_head), -math.log(d_head)), weight_decay=0.0)
 
     def _qkv(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Project x (B, L, d) at positions start..start+L-1 to (q before RoPE, q, k, v), each (B, H, L, d_h)."""
@@ -97,7 +98,8 @@ class NTKAttention(nn.Module):
         a = torch.exp(s - m[..., None])  # (B, H, Lq, Lk), future entries exactly 0
         psi = torch.exp(log_phi - m[..., None])  # φ(q)·exp(-M): (B, H, Lq, d_h)
         # φ(q)ᵀZ as one (H, B·Lq, d_h) @ (H, d_h, d_h) product: broadcasting Z over the batch instead
-        # would make autograd keep a (B, H, d_h, d_h) copy of it (measured: +30 % memory at d 256, L 8).
+        # would make autograd keep a (B, H, d_h, d_h) copy of it, which dominates at short lengths
+        # (reports/perf, "Figures behind the mixers' design choices").
         b, h = psi.shape[:2]
         prefix = (psi.transpose(0, 1).reshape(h, b * lq, self.d_head) @ self.prefix_z).view(h, b, lq, self.d_head)
         num = a @ v + prefix.transpose(0, 1)  # (B, H, Lq, d_h)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bench.models.hints import register
+
 
 class S4DKernel(nn.Module):
     """The SSM parameters of H channels and their discretisation; `forward(L)` is the kernel (H, L).
@@ -36,8 +38,9 @@ class S4DKernel(nn.Module):
         super().__init__()
         H, n_modes = d_model, d_state // 2
         self.disc = disc
+        hint = {"lr": ssm_lr, "weight_decay": 0.0}
         # Δ log-uniform in [dt_min, dt_max], one per channel
-        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        register(self, "log_dt", torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min), **hint)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, n_modes, dtype=torch.cfloat)))  # (H, N/2, 2)
         n = torch.arange(n_modes, dtype=torch.float32).expand(H, n_modes)  # (H, N/2)
         if init == "lin":  # λ_n = -1/2 + iπn
@@ -46,10 +49,8 @@ class S4DKernel(nn.Module):
             re, im = torch.full_like(n, 0.5), d_state / math.pi * (d_state / (2 * n + 1) - 1)
         else:  # "real": λ_n = -(n+1), the S4D-Real init Mamba uses
             re, im = n + 1, torch.zeros_like(n)
-        self.log_A_real = nn.Parameter(torch.log(re))  # Re λ = -exp(log_A_real) < 0 for any value
-        self.A_imag = nn.Parameter(im.clone())
-        for p in (self.log_dt, self.log_A_real, self.A_imag):
-            p._optim = {"weight_decay": 0.0, "lr": ssm_lr}
+        register(self, "log_A_real", torch.log(re), **hint)  # Re λ = -exp(log_A_real) < 0 for any value
+        register(self, "A_imag", im.clone(), **hint)
 
     def discretize(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(log Ā, Ā, B̄, C), each complex (H, N/2); log Ā is kept because Ā^l = exp(l·log Ā)."""

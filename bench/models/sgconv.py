@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bench.models.hints import register
+
 
 def causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
     """(k * u)_t = Σ_{s<=t} k_{t-s} u_s for u (B, H, L), k (H, L); FFT of size 2L, so nothing wraps."""
@@ -74,10 +76,9 @@ class SGConv(nn.Module):
         self.kernel_len = self.kernel_dim * 2 ** (self.num_scales - 1)  # >= l_max
         self.kernel_list = nn.ParameterList(
             nn.Parameter(torch.randn(1, d_model, self.kernel_dim)) for _ in range(self.num_scales))
-        for w in self.kernel_list:
-            w._optim = {"lr": kernel_lr}
-        self.D = nn.Parameter(torch.randn(1, d_model))
-        self.D._optim = {"weight_decay": 0.0}  # a per-channel gain like S4D's D, though stored 2-D
+        for i, w in enumerate(self.kernel_list):  # the reference's learning-rate cap on the sub-kernels
+            register(self.kernel_list, str(i), w, lr=kernel_lr)
+        register(self, "D", torch.randn(1, d_model), weight_decay=0.0)  # a per-channel gain like S4D's D, stored 2-D
         self.output_linear = nn.Linear(d_model, 2 * d_model)
         self.register_buffer("multiplier", torch.linspace(decay_min, decay_max, d_model).view(1, -1, 1))
 

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bench.models.hints import register
+
 REPARAMS = ("direct", "exp", "softplus", "best")
 ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu, "identity": lambda v: v}
 # Re(Δλ) is clamped here: such a mode is gone after one step (e^-1e4 = 0), and the clamp keeps
@@ -71,12 +73,6 @@ def causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
 
 
-def dynamics_parameter(t: Tensor, lr: float) -> nn.Parameter:
-    p = nn.Parameter(t)
-    p._optim = {"weight_decay": 0.0, "lr": lr}
-    return p
-
-
 class StableSSMKernel(nn.Module):
     """The dynamics of H channels x N/2 complex modes: discretisation and Vandermonde kernels.
 
@@ -89,9 +85,10 @@ class StableSSMKernel(nn.Module):
         h, m = d_model, d_state // 2
         self.reparam = reparam
         log_dt = torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)  # Δ log-uniform
-        self.log_dt = dynamics_parameter(log_dt, lr)
-        self.log_A_real = dynamics_parameter(torch.full((h, m), inverse_real_part(-0.5, reparam)), lr)  # W
-        self.A_imag = dynamics_parameter(math.pi * torch.arange(m, dtype=torch.float32).expand(h, m).clone(), lr)
+        hint = {"lr": lr, "weight_decay": 0.0}  # S4's optimiser setting for the dynamics
+        register(self, "log_dt", log_dt, **hint)
+        register(self, "log_A_real", torch.full((h, m), inverse_real_part(-0.5, reparam)), **hint)  # W
+        register(self, "A_imag", math.pi * torch.arange(m, dtype=torch.float32).expand(h, m).clone(), **hint)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(h, m, dtype=torch.cfloat)))  # (H, N/2, 2)
         self.b = nn.Parameter(torch.zeros(h, m, 2)) if bias else None  # complex bias of the state equation
 

@@ -1,14 +1,16 @@
 """The report's figures (matplotlib, Agg): one function per figure, each drawing from tidy tables
-that `bench.report` computes and writing one PNG.
+that `bench.report.tables` computes and writing one PNG.
 
-Every architecture keeps one colour in every figure of every report (`arch_color`): the registry's
-names have fixed places in `ARCH_ORDER`, and a mixer added later takes the next free colour, so no
-existing colour ever moves. Baselines are drawn in black and greys with their own line styles.
+Every architecture keeps one colour in every figure of every report (`arch_color`): each registered
+mixer has a fixed place in `ARCH_ORDER` (a test checks that every one has), so no colour ever moves;
+a name not listed there (a mixer being added) takes a colour from the slots after them, chosen by a
+stable hash of its name. Baselines are drawn in black and greys with their own line styles.
 """
 
 from __future__ import annotations
 
 import textwrap
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from bench.models import mixer_names  # noqa: E402
+from bench.report.load import is_baseline  # noqa: E402
 
-ARCH_ORDER = ("liquid_s4", "lstm", "mamba", "s4d", "sgconv", "stable_ssm", "transformer")  # fixed colour slots
+# fixed colour slots: a new mixer is appended, so no existing colour moves
+ARCH_ORDER = ("liquid_s4", "lstm", "mamba", "s4d", "sgconv", "stable_ssm", "transformer", "ntk_attention")
 PALETTE = ("#9467bd", "#ff7f0e", "#2ca02c", "#d62728", "#e377c2", "#8c564b", "#1f77b4",  # tab10 without grey
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd")
 BASELINE_STYLE = {  # name -> (label, colour, line style)
@@ -34,11 +37,12 @@ DPI = 120
 
 
 def arch_color(arch: str) -> str:
-    """The architecture's colour, the same in every figure and report (unknown names: a stable grey-free slot)."""
-    order = [*ARCH_ORDER, *sorted(set(mixer_names()) - set(ARCH_ORDER))]
-    if arch not in order:
-        order.append(arch)
-    return PALETTE[order.index(arch) % len(PALETTE)]
+    """The architecture's colour, the same in every figure and report: its ARCH_ORDER slot, else one of
+    the free slots picked by a hash of the name that does not change between runs (crc32)."""
+    if arch in ARCH_ORDER:
+        return PALETTE[ARCH_ORDER.index(arch)]
+    free = len(PALETTE) - len(ARCH_ORDER)
+    return PALETTE[len(ARCH_ORDER) + zlib.crc32(arch.encode()) % free]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -97,7 +101,7 @@ def family_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=40, ha="right")
     ax.set_yticks(range(matrix.shape[0]), [str(r).replace("baseline_", "baseline: ") for r in matrix.index])
     for tick, name in zip(ax.get_yticklabels(), matrix.index, strict=True):
-        tick.set_color(arch_color(name) if name in set(mixer_names()) else "#444444")
+        tick.set_color("#444444" if is_baseline(str(name)) else arch_color(name))
     ax.set_xlabel("family")
     ax.set_ylabel("architecture")
     ax.set_title("Test accuracy (%) per family, mean over seeds")

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bench.util import first_line
+
 INIT_TIMEOUT_S = 15.0
 _online_failed = False  # set by the first online start that fails: this process stays offline
 
@@ -114,7 +116,7 @@ def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: s
         if mode != "online":
             raise
         _online_failed = True
-        print(f"warning: W&B online start failed ({str(e).splitlines()[0][:200]}); logging offline to "
+        print(f"warning: W&B online start failed ({first_line(e)[:200]}); logging offline to "
               f"{out_dir}/wandb, upload later with `wandb sync`", file=sys.stderr)
         run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
     return WandbRun(run)

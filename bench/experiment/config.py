@@ -1,28 +1,36 @@
-"""Typed study configuration: the schema Hydra composes into, and the checks no type can express.
+"""Typed study configuration: the schema Hydra composes into, the checks no type can express, and
+`compose_config`, which turns a study name plus `key=value` overrides into a checked `Config`.
 
 The schema is a tree of dataclasses registered with Hydra's ConfigStore, so an unknown key (on the
 command line or in a study file) and a value of the wrong type are rejected while composing.
 `validate` then checks the semantic rules (powers of two, d_state <= d_model, positive budgets,
 known architectures and families) and raises `ConfigError` with one line naming the problem.
+`model` is the backbone's own `bench.models.ModelConfig`: its `arch` and `max_len` are set per
+architecture and from `data.length` (`Config.model_config`), never by the user.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bench.data.base import MIN_LENGTH
 from bench.data.curriculum import EVAL_SEED, Curriculum
-from bench.models import MIXERS, SHARED_HPARAMS, build_model, mixer_names
-from bench.models import ModelConfig as ArchModelConfig
+from bench.models import ModelConfig, build_model, mixer_defaults, mixer_names
+from bench.train import TrainConfig
+from bench.util import first_line
 
 STUDY_MARKER = ".archbench-study"  # written into out_dir when a study starts
+DERIVED_MODEL_KEYS = ("arch", "max_len")  # set per architecture and from data.length, never by the user
 
 
 class ConfigError(ValueError):
@@ -39,54 +47,6 @@ class DataConfig:
     val_size: int = 100  # fresh validation sequences per validation (the design's 100)
     test_per_family: int = 100  # fixed test sequences per family, from the evaluation seed
     eval_seed: int = EVAL_SEED  # seeds the test set; no training stream uses it
-
-
-def mixer_defaults() -> dict[str, dict[str, Any]]:
-    """Each registered mixer's own keyword arguments with their defaults, e.g. {transformer: {n_heads: 2}}.
-
-    Listing them in the schema makes `model.mixer.transformer.n_heads=4` a plain override and a
-    misspelt key an error, and `--cfg` shows every knob; a new mixer's knobs appear automatically.
-    """
-    skip = {"self", "d_model", *SHARED_HPARAMS}
-    return {
-        name: {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-               if p.name not in skip and p.default is not inspect.Parameter.empty}
-        for name, cls in sorted(MIXERS.items())
-    }
-
-
-@dataclass
-class ModelConfig:
-    d_model: int = 64
-    num_layers: int = 2
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    ffn_mult: int = 4
-    embedding: str = "learned"  # "learned" or "numeric" (the design's (value/255, position/max) pair)
-    dropout: float = 0.0
-    mixer: dict[str, Any] = field(default_factory=mixer_defaults)  # per-architecture knobs, see mixer_defaults
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000  # step budget, identical for every architecture of a study
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-6  # cosine floor
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    warmup_steps: int = 5000  # the design's full-size warmup ...
-    warmup_max_frac: float = 0.05  # ... capped at this fraction of `steps` for small budgets
-    grad_clip: float = 1.0  # global grad-norm clip
-    alpha: float = 0.1  # distance-weight scale in CE * (1 + alpha * w(|argmax - target|))
-    distance_weight: str = "linear"  # linear | quadratic | sqrt
-    val_every: int = 100  # steps per epoch: validation, early stopping and curriculum all count epochs
-    early_stopping: bool = True  # off: train the whole budget and keep the final weights
-    patience: int = 10  # validations without improvement before stopping
-    min_delta: float = 0.001
 
 
 @dataclass
@@ -136,7 +96,8 @@ class Config:
     archs: list[str] | None = None  # null = every registered architecture
     seeds: list[int] = field(default_factory=lambda: [0])
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # the backbone's config; mixer = per-architecture knobs (see mixer_defaults); arch and max_len are derived
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(mixer=mixer_defaults()))
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str | None = None
@@ -155,9 +116,6 @@ class Config:
     wandb_project: str = "archbench"
     report: bool = True  # write reports/<name>/ when the study ends (python -m bench.report does it on demand)
     report_dir: str | None = None  # null = reports/<name>
-    # auto | on | off: train the final stage's seeds of one configuration as one stacked model
-    # (bench.multiseed); auto = on a CPU for length <= 16, where it was measured faster
-    multiseed: str = "auto"
     mutual: MutualConfig = field(default_factory=MutualConfig)
 
     @property
@@ -169,14 +127,9 @@ class Config:
         return Curriculum(phases=tuple(d.phases), families=tuple(d.families) if d.families else None,
                           phase_epochs=d.phase_epochs, transition_epochs=d.transition_epochs)
 
-    def model_config(self, arch: str) -> ArchModelConfig:
-        """What `bench.models.build_model` needs for `arch`: the shared sizes plus that mixer's knobs."""
-        m = self.model
-        return ArchModelConfig(
-            arch=arch, d_model=m.d_model, num_layers=m.num_layers, d_state=m.d_state, d_conv=m.d_conv,
-            expand=m.expand, ffn_mult=m.ffn_mult, embedding=m.embedding, max_len=self.data.length,
-            dropout=m.dropout, mixer=dict(m.mixer.get(arch) or {}),
-        )
+    def model_config(self, arch: str) -> ModelConfig:
+        """What `bench.models.build_model` needs for `arch`: `model` with its architecture and length."""
+        return replace(self.model, arch=arch, max_len=self.data.length)
 
     @property
     def output_dir(self) -> Path:
@@ -189,6 +142,85 @@ class Config:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.output_dir / 'optuna.db'}"
+
+
+# ---------------------------------------------------------------- composing
+
+
+def _studies_dir() -> Path:
+    """$ARCHBENCH_STUDIES, else the checkout's top-level studies/ (editable install), else ./studies."""
+    if "ARCHBENCH_STUDIES" in os.environ:
+        return Path(os.environ["ARCHBENCH_STUDIES"])
+    beside = Path(__file__).resolve().parents[2] / "studies"
+    return beside if beside.is_dir() else Path("studies")
+
+
+STUDIES_DIR = _studies_dir()
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+@functools.cache
+def _register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        cs.store(group="study", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def _derived_key_error(key: str) -> ConfigError:
+    return ConfigError(f"{key} is set per architecture (archs) and from data.length; it cannot be set")
+
+
+def compose_config(overrides: list[str]) -> Config:
+    """Compose studies/<study>.yaml over the schema with `overrides`; raise ConfigError on any problem.
+
+    Only existing keys can be set: Hydra's `+key` (add), `~key` (delete) and `hydra.*` overrides
+    would add keys the schema drops or settings this CLI ignores, so they are refused.
+    """
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key.startswith(("+", "~", "hydra.")) or key in ("hydra", "name"):
+            raise ConfigError(f"override '{o}': only existing keys can be set (see --cfg); name comes from study=")
+        if key in (f"model.{k}" for k in DERIVED_MODEL_KEYS):
+            raise _derived_key_error(key)
+    studies = [o.split("=", 1)[1] for o in overrides if o.startswith("study=")]
+    if len(studies) > 1:
+        raise ConfigError(f"study= given {len(studies)} times ({', '.join(studies)}); choose one")
+    study = studies[0] if studies else "smoke"
+    if study not in study_names():
+        raise ConfigError(f"unknown study '{study}' (available: {', '.join(study_names())})")
+    overrides = [*overrides, f"name={study}"]
+    _register_configs()
+    try:
+        with initialize_config_module(config_module="bench.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"malformed override: {first_line(e)}") from None
+    except MissingConfigException as e:
+        raise ConfigError(first_line(e)) from None
+    except (ConfigCompositionException, OmegaConfBaseException) as e:
+        raise ConfigError(f"bad override: {first_line(e)}") from None
+    except ValueError as e:  # Hydra raises plain ValueErrors for some malformed overrides ('=5', '@x=1')
+        raise ConfigError(f"malformed override: {first_line(e)}") from None
+    try:
+        return validate(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad value: {first_line(e)}") from None
+
+
+# ---------------------------------------------------------------- checking
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved configuration as `--cfg` prints it and config.yaml stores it; model.arch and
+    model.max_len are left out: they differ per architecture and follow data.length."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for key in DERIVED_MODEL_KEYS:
+        tree["model"].pop(key, None)
+    return OmegaConf.to_yaml(OmegaConf.create(tree))
 
 
 def _is_pow2(n: int) -> bool:
@@ -204,10 +236,13 @@ def _positive(**values: float) -> None:
 def validate(cfg: DictConfig | Config) -> Config:
     """Turn a composed config into a checked `Config`, or raise `ConfigError` naming the problem."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)
+        try:
+            cfg = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException:  # some are ValueErrors too: compose_config reports them
+            raise
+        except ValueError as e:  # bench.models.ModelConfig refusing a value in its __post_init__
+            raise ConfigError(f"model: {first_line(e)}") from None
     assert isinstance(cfg, Config)
-    m, t, d = cfg.model, cfg.train, cfg.data
-
     unknown = [a for a in cfg.arch_list if a not in mixer_names()]
     if unknown:
         raise ConfigError(f"unknown architecture '{unknown[0]}' (registered: {', '.join(mixer_names())})")
@@ -218,6 +253,25 @@ def validate(cfg: DictConfig | Config) -> Config:
             raise ConfigError(f"{key} must list at least one entry")
         if len(set(values)) != len(values):
             raise ConfigError(f"{key} lists an entry twice: {list(values)}")
+    _validate_model(cfg)
+    _validate_train(cfg)
+    _validate_data(cfg)
+    for arch in cfg.arch_list:  # build one block of each: heads not dividing d_model, unknown knobs, sizes
+        try:
+            build_model(replace(cfg.model_config(arch), num_layers=min(cfg.model.num_layers, 1)))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model ({arch}): {e}") from None
+    _validate_search(cfg)
+    _validate_engine(cfg)
+    check_out_dir(cfg.output_dir)
+    return cfg
+
+
+def _validate_model(cfg: Config) -> None:
+    m, default = cfg.model, {f.name: f.default for f in fields(ModelConfig)}
+    for key in DERIVED_MODEL_KEYS:
+        if getattr(m, key) != default[key]:
+            raise _derived_key_error(f"model.{key}")
     if not _is_pow2(m.d_model):
         raise ConfigError(f"model.d_model must be a power of two, got {m.d_model}")
     if not _is_pow2(m.d_state):
@@ -229,6 +283,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if arch not in mixer_names():
             raise ConfigError(f"model.mixer.{arch}: unknown architecture '{arch}'")
 
+
+def _validate_train(cfg: Config) -> None:
+    t, d = cfg.train, cfg.data
     _positive(**{"train.steps": t.steps, "train.batch_size": t.batch_size, "train.lr": t.lr,
                  "train.val_every": t.val_every, "train.grad_clip": t.grad_clip,
                  "train.patience": t.patience, "data.val_size": d.val_size,
@@ -243,6 +300,9 @@ def validate(cfg: DictConfig | Config) -> Config:
     if not 0 <= t.warmup_max_frac <= 1:
         raise ConfigError(f"train.warmup_max_frac must be in [0, 1], got {t.warmup_max_frac}")
 
+
+def _validate_data(cfg: Config) -> None:
+    d = cfg.data
     if d.length < MIN_LENGTH:
         raise ConfigError(f"data.length must be at least {MIN_LENGTH}, got {d.length}")
     try:  # the curriculum checks phases, families and epochs itself
@@ -254,15 +314,6 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"eval.continuation_prefix must be in [1, data.length), got {prefix}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
-
-    for arch in cfg.arch_list:  # build one block of each: heads not dividing d_model, unknown knobs, sizes
-        try:
-            build_model(replace(cfg.model_config(arch), num_layers=min(m.num_layers, 1)))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model ({arch}): {e}") from None
-    _validate_search(cfg)
-    check_out_dir(cfg.output_dir)
-    return cfg
 
 
 def _validate_search(cfg: Config) -> None:
@@ -285,6 +336,10 @@ def _validate_search(cfg: Config) -> None:
         raise ConfigError(f"search.space.d_state min ({sp.d_state[0]}) exceeds d_model min ({sp.d_model[0]})")
     if not sp.expand or any(e not in (1, 2, 4) for e in sp.expand) or len(set(sp.expand)) != len(sp.expand):
         raise ConfigError(f"search.space.expand must list distinct values from {{1, 2, 4}}, got {list(sp.expand)}")
+
+
+def _validate_engine(cfg: Config) -> None:
+    """Stages, sizing, workers, tracking, the mutual stage and the storage URL."""
     if cfg.stage not in ("all", "search", "final"):
         raise ConfigError(f"stage must be all, search or final, got '{cfg.stage}'")
     if cfg.iso not in ("none", "params", "state"):
@@ -294,8 +349,6 @@ def _validate_search(cfg: Config) -> None:
     _positive(**{"workers": cfg.workers, "heartbeat": cfg.heartbeat, "memory_budget": cfg.memory_budget})
     if cfg.tracking not in ("wandb", "none"):
         raise ConfigError(f"tracking must be wandb or none, got '{cfg.tracking}'")
-    if cfg.multiseed not in ("auto", "on", "off"):
-        raise ConfigError(f"multiseed must be auto, on or off, got '{cfg.multiseed}'")
     w = cfg.mutual.weight
     if w is not None and not (math.isfinite(w) and w >= 0):
         raise ConfigError(f"mutual.weight must be a non-negative number or null, got {w}")

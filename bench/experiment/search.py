@@ -15,7 +15,7 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from bench.config import Config
+from bench.experiment.config import Config
 from bench.memory import model_on_meta
 from bench.models import MIXERS, SHARED_HPARAMS, ModelConfig
 

@@ -1,0 +1,221 @@
+"""What a claimed slot does, per stage: a search trial, a final run, or a mutual-stage cohort.
+
+Search: the trial samples a configuration (`search.suggest`, sized to the iso budget when asked),
+trains with the search seed and budget, and is told its best validation loss, or pruned.
+Final: the best completed search trial's configuration (the study's `model` sizes without a
+search) retrained on the slot's seed, evaluated on the test set, its files written (`close`).
+Mutual: every architecture's final configuration trained jointly on the slot's seed
+(`bench.mutual`: own loss + weight x the mean KL from the others' predictions); each member's
+files sit beside the final runs' (`final/<arch>-seed<s>-mutual.*`).
+A final or mutual run that cannot train (no completed search trial, over the memory budget,
+diverged, out of memory) is closed as failed with its reason; the study goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from bench.experiment.config import Config
+from bench.experiment.context import Context
+from bench.experiment.records import RunRecord, stem
+from bench.experiment.search import defaults, iso_params, iso_target, suggest, trial_config
+from bench.experiment.storage import live_trials, load_study, search_name
+from bench.experiment.tracking import NullRun, WandbRun, start_run
+from bench.experiment.trial import Trained, build, is_oom, joint_outcome, plan, run_trial, write_final
+from bench.mutual import rng_state, train_mutual
+from bench.train import TrainResult
+from bench.util import first_line
+
+PARAM_KEYS = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")  # what a final run retrains
+
+
+class NoConfiguration(RuntimeError):
+    """The search left nothing to retrain; the final runs are recorded as failed with this reason."""
+
+
+def best_params(cfg: Config, storage: RDBStorage, arch: str) -> tuple[dict[str, Any], int | None]:
+    """The final stage's configuration of `arch`: its best completed search trial (and its number),
+    or the study's `model` sizes when there is no search; sized to the iso budget when asked."""
+    if cfg.search.n_trials == 0:
+        params = defaults(arch, cfg)
+        if cfg.iso != "none":
+            params = iso_params(cfg, arch, params, iso_target(cfg))
+        return params, None
+    study = load_study(storage, cfg, search_name(cfg, arch))
+    done = [t for t in live_trials(study) if t.state == TrialState.COMPLETE]
+    if not done:
+        raise NoConfiguration(f"no search trial of {arch} completed (all pruned or failed, see trials.parquet)")
+    best = min(done, key=lambda t: (t.value, t.number))
+    return {k: best.user_attrs[k] for k in PARAM_KEYS if k in best.user_attrs}, best.number
+
+
+@dataclass
+class Member:
+    """One architecture of a mutual-stage cohort, planned and built like its final run."""
+
+    arch: str
+    params: dict[str, Any]
+    source: int | None  # the search trial its configuration comes from
+    tcfg: Config
+    record: RunRecord
+    model: torch.nn.Module
+    rng: Any  # the random state its own training would have started from
+
+
+@dataclass
+class Stages:
+    """The stages' work for one worker: its shared data (`ctx`), the storage, and its log."""
+
+    ctx: Context
+    storage: RDBStorage
+    log: Callable[[str], None]
+
+    @property
+    def cfg(self) -> Config:
+        return self.ctx.cfg
+
+    def tracked(self, stage: str, arch: str, trial: optuna.Trial, seed: int,
+                params: dict[str, Any]) -> NullRun | WandbRun:
+        """The trial's tracking run, its id stored in the trial's attributes."""
+        cfg = self.cfg
+        name = stem(arch, seed, stage) if stage in ("final", "mutual") else f"{arch}-t{trial.number}"
+        model = trial_config(cfg, params).model_config(arch)
+        config = {"study": cfg.name, "stage": stage, "arch": arch, "seed": seed, "trial": trial.number, **params,
+                  "model": {**asdict(model), "mixer": model.mixer.get(arch, {})}, "train": asdict(cfg.train),
+                  "data": asdict(cfg.data)}
+        run = start_run(cfg.tracking, out_dir=cfg.output_dir, project=cfg.wandb_project, study=cfg.name,
+                        name=f"{cfg.name}/{name}", stage=stage, arch=arch,
+                        tags=[f"phase{p}" for p in cfg.data.phases], config=config)
+        if run.id:
+            trial.set_user_attr("wandb_run_id", run.id)
+        return run
+
+    def search_trial(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
+        cfg = self.cfg
+        params = suggest(trial, arch, cfg)
+        if cfg.iso != "none":
+            try:
+                params = iso_params(cfg, arch, params, iso_target(cfg))
+            except ValueError as e:
+                trial.set_user_attr("pruned_reason", str(e))
+                study.tell(trial, state=TrialState.PRUNED)
+                self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: pruned ({e})")
+                return
+        steps = cfg.search.steps or cfg.train.steps
+        run = self.tracked("search", arch, trial, cfg.search.seed, params)
+        out = run_trial(self.ctx, "search", arch, study, trial, params, cfg.search.seed, steps, prune=True, run=run)
+        study.tell(trial, out.value if out.state == TrialState.COMPLETE else None, state=out.state)
+        rec = out.record
+        why = rec.pruned_reason or rec.failure_reason or f"val_loss {out.value:.4f}"
+        run.finish({**rec.attrs(), "state": out.state.name.lower(), "value": out.value}, failure=rec.failure_reason)
+        self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: {out.state.name.lower()} ({why})")
+
+    def final_run(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
+        cfg = self.cfg
+        seed = cfg.seeds[slot]
+        try:
+            params, source = best_params(cfg, self.storage, arch)
+        except NoConfiguration as e:
+            record = RunRecord(study=cfg.name, stage="final", arch=arch, seed=seed, failure_reason=str(e))
+            self.finish(study, trial, NullRun(), None, Trained(TrialState.FAIL, None, record, []))
+            return
+        trial.set_user_attr("search_trial", source if source is not None else -1)
+        run = self.tracked("final", arch, trial, seed, params)
+        out = run_trial(self.ctx, "final", arch, study, trial, params, seed, cfg.train.steps, prune=False, run=run)
+        self.finish(study, trial, run, source, out)
+
+    def cohort(self, seed: int) -> tuple[list[Member], list[tuple[str, str]]]:
+        """The mutual stage's members for `seed`, each from the same initialisation as its final run,
+        and the architectures that cannot join, with why."""
+        cfg, ctx = self.cfg, self.ctx
+        members, failed = [], []
+        for arch in cfg.arch_list:
+            try:
+                params, source = best_params(cfg, self.storage, arch)
+            except NoConfiguration as e:
+                failed.append((arch, str(e)))
+                continue
+            tcfg, record = plan(ctx, "mutual", arch, None, params, seed, cfg.train.steps)
+            if record.pruned_reason:
+                failed.append((arch, record.pruned_reason))
+                continue
+            record.mutual_weight, record.cohort = cfg.mutual.weight, ",".join(cfg.arch_list)
+            model = build(ctx, arch, tcfg, seed, record)
+            members.append(Member(arch, params, source, tcfg, record, model, rng_state(ctx.device)))
+        return members, failed
+
+    def mutual_run(self, study: optuna.Study, trial: optuna.Trial, slot: int) -> None:
+        """One seed's cohort: every architecture's final configuration trained jointly with the
+        mutual KL pull (`mutual.weight`), from the same initialisation as its final run."""
+        cfg, ctx = self.cfg, self.ctx
+        seed, weight = cfg.seeds[slot], cfg.mutual.weight
+        trial.set_user_attr("seed", seed)
+        members, failed = self.cohort(seed)
+        for arch, why in failed:  # recorded like a failed final run; the others train on without it
+            record = RunRecord(study=cfg.name, stage="mutual", arch=arch, seed=seed, failure_reason=why)
+            self.write_member(trial, NullRun(), None, Trained(TrialState.FAIL, None, record, []))
+        if len(members) < 2:
+            trial.set_user_attr("failure_reason", f"fewer than two architectures left to train jointly "
+                                                  f"({', '.join(a for a, _ in failed)} failed)")
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"{study.study_name} seed {seed}: failed ({trial.user_attrs['failure_reason']})")
+            return
+        runs = [self.tracked("mutual", m.arch, trial, seed, m.params) for m in members]
+        self.log(f"{study.study_name} seed {seed}: training {', '.join(m.arch for m in members)} jointly "
+                 f"(KL weight {weight})")
+        try:
+            results = train_mutual([m.model for m in members], [m.tcfg.train for m in members], ctx.stream(seed),
+                                   [ctx.validator(seed)] * len(members), weight, ctx.curriculum.final_epoch(),
+                                   ctx.device, rng_states=[m.rng for m in members])
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            results = [TrainResult(error=first_line(e)) for _ in members]
+        values = []
+        for m, run, res in zip(members, runs, results, strict=True):
+            out = joint_outcome(ctx, m.record, m.model, res, run)
+            self.write_member(trial, run, m.source, out)
+            values += [out.value] if out.value is not None else []
+        if values:
+            study.tell(trial, sum(values) / len(values))
+        else:
+            trial.set_user_attr("failure_reason", "every member of the cohort failed")
+            study.tell(trial, state=TrialState.FAIL)
+        self.log(f"{study.study_name} seed {seed}: {len(values)}/{len(cfg.arch_list)} architectures ok")
+
+    def write_member(self, trial: optuna.Trial, run: NullRun | WandbRun, source: int | None, out: Trained) -> None:
+        """A mutual-stage member's outputs, as a final run's, under final/<arch>-seed<s>-mutual.*."""
+        record = self.close(trial, run, source, out)
+        trial.set_user_attr(f"{record.arch}_status", record.status)
+        if record.val_accuracy is not None:
+            trial.set_user_attr(f"{record.arch}_val_accuracy", record.val_accuracy)
+
+    def close(self, trial: optuna.Trial, run: NullRun | WandbRun, source: int | None, out: Trained) -> RunRecord:
+        """A final run's record closed, its outputs written and its tracking run finished."""
+        record = out.record
+        record.search_trial, record.trial, record.device = source, trial.number, str(self.ctx.device)
+        record.status = "ok" if out.state == TrialState.COMPLETE else "failed"
+        record.reason = record.failure_reason or record.pruned_reason or ""
+        test = write_final(self.ctx, out)
+        run.finish({**record.attrs(), **test}, failure=record.reason or None)
+        return record
+
+    def finish(self, study: optuna.Study, trial: optuna.Trial, run: NullRun | WandbRun, source: int | None,
+               out: Trained) -> None:
+        """A final run closed (`close`) and its trial told."""
+        record = self.close(trial, run, source, out)
+        state = out.state
+        if state != TrialState.COMPLETE:  # diverged, over the memory budget, or nothing to retrain
+            trial.set_user_attr("failure_reason", record.reason)
+            state = TrialState.FAIL
+        study.tell(trial, out.value if state == TrialState.COMPLETE else None, state=state)
+        acc = record.val_accuracy
+        self.log(f"{study.study_name} seed {record.seed}: {record.status}"
+                 + (f" (val accuracy {acc:.3f})" if acc is not None else f" ({record.reason})"))

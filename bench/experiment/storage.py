@@ -1,0 +1,226 @@
+"""The Optuna storage a study's workers share: its studies, their fingerprints, slots and heartbeats.
+
+Each architecture has a search study `<study>/<arch>` and a final study `<study>/<arch>/final`;
+with `mutual.weight` set, one more, `<study>/mutual`. A stage's study remembers the configuration
+it ran under (`fingerprint`) and refuses another, so a resumed study is always the same study.
+
+Work is claimed in slots: a search study has `search.n_trials` slots, a final study one per seed.
+A worker asks Optuna for a trial, then takes the first free slot in trial-number order (a retried
+trial inherits its slot through its user attributes); a trial left without a slot (another worker
+was faster) is closed as surplus and does not count. So any number of workers, started or killed
+at any time, on one machine or many, ends with exactly the configured counts.
+
+A running trial records a heartbeat; one silent for 3 heartbeats is failed by whichever worker
+looks next and re-queued (`RetryHeartbeatStaleTrialCallback`) with the same parameters and slot.
+Only Optuna's public API is used: trial ids come from the storage by study name and trial number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.experiment.config import DERIVED_MODEL_KEYS, Config, ConfigError
+from bench.util import first_line
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna warns that heartbeats are meant for Study.optimize; the Heartbeat class below records them for ask/tell.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MAX_RETRY = 3  # retries of a trial whose worker died; after that its slot goes to a fresh trial
+
+
+def search_name(cfg: Config, arch: str) -> str:
+    return f"{cfg.name}/{arch}"
+
+
+def final_name(cfg: Config, arch: str) -> str:
+    return f"{cfg.name}/{arch}/final"
+
+
+def mutual_name(cfg: Config) -> str:
+    """One study for the mutual stage: a slot per seed, each trial trains every architecture jointly."""
+    return f"{cfg.name}/mutual"
+
+
+def study_names(cfg: Config) -> list[str]:
+    """Every Optuna study of `cfg`'s stages: per architecture search then final, then the mutual one."""
+    names = [n for arch in cfg.arch_list for n in (search_name(cfg, arch), final_name(cfg, arch))]
+    return names + ([mutual_name(cfg)] if cfg.mutual.weight is not None else [])
+
+
+def open_storage(cfg: Config) -> RDBStorage:
+    """The study's storage with heartbeats and stale-trial retries; ConfigError if unreachable."""
+    if cfg.storage is None:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(
+            cfg.storage_url, heartbeat_interval=cfg.heartbeat, grace_period=3 * cfg.heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY,
+                                                                            inherit_intermediate_values=True),
+            engine_kwargs={"pool_pre_ping": True} if not cfg.storage_url.startswith("sqlite") else None,
+        )
+    except Exception as e:  # SQLAlchemy's OperationalError, a missing driver, a bad URL
+        raise ConfigError(f"storage '{cfg.storage_url}' is unreachable: {first_line(e)}") from None
+
+
+# ---------------------------------------------------------------- one configuration per study
+
+
+def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
+    """What must be equal for a stage's trials to be comparable: data, budget, model knobs, search
+    space and sizing. Counts (n_trials, seeds, workers) may grow between runs of one study; these may
+    not. The search stage's budget is search.steps, so a new final budget keeps the search.
+    model.arch and model.max_len are derived per architecture, so they are no part of it."""
+    c = asdict(cfg)
+    keep = {k: c[k] for k in ("data", "train", "model", "iso", "iso_target", "memory_budget")}
+    keep["model"] = {k: v for k, v in c["model"].items() if k not in DERIVED_MODEL_KEYS}
+    keep["search"] = {k: v for k, v in c["search"].items() if k != "n_trials"}
+    if stage == "search":
+        keep["train"] = {**keep["train"], "steps": cfg.search.steps or cfg.train.steps}
+        keep["search"]["steps"] = None
+    if stage == "mutual":  # the cohort: which architectures train together, and how strongly they pull
+        keep["mutual"] = {**c["mutual"], "archs": cfg.arch_list}
+    return keep
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_study(storage: RDBStorage, cfg: Config, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or load `name`; refuse one that was run under a different configuration.
+
+    A key the stored configuration lacks (a knob added to archbench since, such as a newly registered
+    mixer's defaults) is no difference when its value is the default: defaults reproduce what ran."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+                                sampler=sampler, pruner=pruner)
+    stage = name.rsplit("/", 1)[-1] if name.endswith(("/final", "/mutual")) else "search"
+    mine = fingerprint(cfg, stage)
+    stored = study.user_attrs.get("config_digest")
+    if stored is None:
+        study.set_user_attr("config_digest", digest(mine))
+        study.set_user_attr("config", json.dumps(mine, default=str))
+    elif stored != digest(mine):
+        old = json.loads(study.user_attrs.get("config", "{}"))
+        new, default = (json.loads(json.dumps(c, default=str)) for c in (mine, fingerprint(Config(), stage)))
+        diff = sorted(_diff(old, new, default))
+        if diff or not old:
+            raise ConfigError(f"study '{name}' in {cfg.storage_url} was run with a different configuration "
+                              f"({', '.join(diff[:4]) or 'unknown keys'} differ); use another out_dir/storage "
+                              f"or delete it")
+    return study
+
+
+_ABSENT = object()
+
+
+def _diff(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> list[str]:
+    """Paths where stored `a` and current `b` differ; a path absent from `a` counts only when `b`
+    holds something other than `default` there."""
+    if a is _ABSENT:
+        return [] if b == default else [prefix.rstrip(".")]
+    if isinstance(a, dict) and isinstance(b, dict):
+        sub = default if isinstance(default, dict) else {}
+        return [d for k in set(a) | set(b)
+                for d in _diff(a.get(k, _ABSENT), b.get(k), sub.get(k, _ABSENT), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+# ---------------------------------------------------------------- slots
+
+
+def _is_live(t: FrozenTrial) -> bool:
+    """Counts towards the slots: anything but a trial failed by a dead worker or closed as surplus."""
+    if t.user_attrs.get("surplus"):
+        return False
+    if t.state == TrialState.FAIL:
+        return "failure_reason" in t.user_attrs  # our own recorded failures are finished trials
+    return True
+
+
+def is_finished(t: FrozenTrial) -> bool:
+    return _is_live(t) and t.state.is_finished()
+
+
+def finished_count(study: optuna.Study) -> int:
+    return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+def live_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if _is_live(t)]
+
+
+def slot_of(trials: list[FrozenTrial], number: int, n_slots: int) -> int | None:
+    """The slot trial `number` holds: retried trials keep theirs; fresh ones take the free slots in
+    trial-number order. Every worker computes the same answer from the same trials."""
+    live = [t for t in trials if _is_live(t)]
+    taken = {t.user_attrs["slot"] for t in live if "slot" in t.user_attrs}
+    mine = next(t for t in trials if t.number == number)
+    if "slot" in mine.user_attrs:
+        return mine.user_attrs["slot"]
+    free = iter(s for s in range(n_slots) if s not in taken)
+    for t in sorted((t for t in live if "slot" not in t.user_attrs), key=lambda t: t.number):
+        slot = next(free, None)
+        if t.number == number:
+            return slot
+    return None
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    """The storage's id of `trial`, looked up by its study's name and its number."""
+    study_id = trial.storage.get_study_id_from_name(trial.study.study_name)
+    return trial.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """`trial` as the storage holds it (its system attributes say which trial it retries)."""
+    return trial.storage.get_trial(trial_id(trial))
+
+
+def claim(study: optuna.Study, storage: RDBStorage, n_slots: int) -> tuple[optuna.Trial, int] | None:
+    """Ask for a trial and give it a slot, or None when all `n_slots` are taken (finished or running)."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(_is_live(t) and t.state != TrialState.WAITING for t in trials) >= n_slots:
+        return None
+    trial = study.ask()
+    storage.record_heartbeat(trial_id(trial))  # from now on a dead worker's trial goes stale, never hangs
+    slot = slot_of(study.get_trials(deepcopy=False), trial.number, n_slots)
+    if slot is None:
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("slot", slot)
+    return trial, slot
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every `interval` seconds from a daemon thread while training."""
+
+    def __init__(self, storage: RDBStorage, trial: optuna.Trial, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id(trial), interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()

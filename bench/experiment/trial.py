@@ -1,0 +1,189 @@
+"""One run, from configuration to record: plan it, build its model, train it, write its outputs.
+
+`plan` sizes the run on the meta device and prices its memory (an over-budget configuration is
+pruned before anything is allocated); `build` makes the model from the same initialisation stream
+for every architecture; `run_trial` trains it inside its Optuna trial (reporting each validation,
+pruning a search trial that falls behind the median, checkpointing for a retry to resume from);
+`write_final` evaluates a final run on the fixed test set and writes its files (`RunFiles`).
+A diverged (NaN/inf) or out-of-memory run is a finished, failed run with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from bench.experiment.config import Config
+from bench.experiment.context import Context
+from bench.experiment.records import VALIDATION_KEYS, RunFiles, RunRecord, checkpoint_dir
+from bench.experiment.search import trial_config
+from bench.experiment.storage import frozen
+from bench.experiment.tracking import NullRun, WandbRun
+from bench.memory import estimate, measured_bytes, model_on_meta
+from bench.metrics import ALL, continuation, evaluate
+from bench.models import build_model
+from bench.seeding import derive_seed
+from bench.train import TrainingDiverged, TrainResult, train
+from bench.util import first_line
+
+
+@dataclass
+class Trained:
+    """A run's outcome: its trial state, value (best validation loss), record, history and model."""
+
+    state: TrialState
+    value: float | None
+    record: RunRecord
+    history: list[dict]
+    model: torch.nn.Module | None = None
+
+
+def is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError | MemoryError) or "out of memory" in msg \
+        or "can't allocate memory" in msg
+
+
+def set_attrs(trial: optuna.Trial | None, attrs: dict[str, Any]) -> None:
+    if trial is not None:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+
+
+def plan(ctx: Context, stage: str, arch: str, trial: optuna.Trial | None, params: dict[str, Any], seed: int,
+         steps: int) -> tuple[Config, RunRecord]:
+    """The run's config and record so far (its "plan" fields, also set on its trial, if it has one of
+    its own); `record.pruned_reason` says why it cannot run: its memory estimate exceeds the budget."""
+    cfg = ctx.cfg
+    tcfg = trial_config(cfg, params)
+    tcfg = replace(tcfg, train=replace(tcfg.train, steps=steps))
+    meta = model_on_meta(tcfg.model_config(arch))
+    est = estimate(meta, tcfg.train.batch_size, cfg.data.length - 1)
+    record = RunRecord(study=cfg.name, stage=stage, arch=arch, seed=seed, steps_budget=steps, **params,
+                       num_params=meta.num_params(), state_size=meta.state_size(cfg.data.length),
+                       mem_estimate_gib=est.total_bytes / 2**30)
+    if est.total_bytes > cfg.memory_budget * 2**30:
+        record.pruned_reason = f"memory estimate {est} exceeds memory_budget {cfg.memory_budget} GiB"
+    set_attrs(trial, record.attrs("plan", "outcome"))
+    return tcfg, record
+
+
+def build(ctx: Context, arch: str, tcfg: Config, seed: int, record: RunRecord) -> torch.nn.Module:
+    """The model every stage trains for (arch, seed): the same initialisation stream for every
+    architecture; records its implementation and measured training memory."""
+    torch.manual_seed(derive_seed("init", seed))
+    model = build_model(tcfg.model_config(arch)).to(ctx.device)
+    record.impl = ",".join(sorted({str(getattr(b.mixer, "impl_used", "torch")) for b in model.blocks}))
+    record.mem_measured_gib = measured_bytes(model, ctx.stream(seed).batch(0).to(ctx.device)) / 2**30
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    return model
+
+
+def record_outcome(ctx: Context, trial: optuna.Trial | None, record: RunRecord, result: TrainResult | None) -> None:
+    """The outcome of training, into `record` and (its "outcome" fields) the run's own trial, if any."""
+    if ctx.device.type == "cuda":
+        record.mem_peak_gib = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    if result is not None:
+        record.steps, record.tokens, record.wall_s = result.steps, result.tokens, round(result.wall_s, 2)
+        record.resumed_from, record.best_step = result.resumed_from, result.best_step
+        record.stopped_early = result.stopped_early
+        last = result.history[-1] if result.history else {}
+        for k in VALIDATION_KEYS:
+            if k in last:
+                setattr(record, k, last[k])
+    set_attrs(trial, record.attrs("outcome"))
+
+
+def checkpoint_path(cfg: Config, study_name: str, trial: optuna.Trial) -> Path:
+    """One file per slot chain: a retried trial finds its predecessor's checkpoint."""
+    root = RetryHeartbeatStaleTrialCallback.retry_history(frozen(trial))
+    number = root[0] if root else trial.number
+    path = checkpoint_dir(cfg.output_dir, study_name) / f"trial-{number}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_trial(ctx: Context, stage: str, arch: str, study: optuna.Study, trial: optuna.Trial,
+              params: dict[str, Any], seed: int, steps: int, prune: bool,
+              run: NullRun | WandbRun | None = None) -> Trained:
+    """Train `arch` with `params` on `seed` for `steps` steps inside `trial`. Each validation is
+    reported to the trial (pruning a search trial behind the median) and logged to the tracking
+    `run`, against tokens seen."""
+    run = run or NullRun()
+    tcfg, record = plan(ctx, stage, arch, trial, params, seed, steps)
+    if record.pruned_reason:
+        return Trained(TrialState.PRUNED, None, record, [])
+    model = build(ctx, arch, tcfg, seed, record)
+    seen: list[TrainResult] = []  # the live TrainResult, so a pruned trial still reports its progress
+
+    def on_validation(res: TrainResult) -> None:
+        seen[:] = [res]
+        last = res.history[-1]
+        run.log(last)
+        trial.report(last["val_loss"], res.steps)
+        if prune and res.steps < steps and trial.should_prune():  # a trial at its last step is done, not pruned
+            raise optuna.TrialPruned(f"validation loss {last['val_loss']:.4f} at step {res.steps} "
+                                     f"is worse than the median of earlier trials")
+
+    ck = checkpoint_path(ctx.cfg, study.study_name, trial)
+    state, value, result = TrialState.COMPLETE, None, None
+    try:
+        result = train(model, tcfg.train, ctx.stream(seed), ctx.validator(seed), ctx.curriculum.final_epoch(),
+                       ctx.device, ctx.cfg.progress, desc=f"{study.study_name} #{trial.number}", checkpoint=ck,
+                       on_validation=on_validation)
+        value = result.best_val
+    except optuna.TrialPruned as e:
+        state, record.pruned_reason = TrialState.PRUNED, str(e)
+    except Exception as e:
+        if not (isinstance(e, TrainingDiverged) or is_oom(e)):
+            raise
+        state, record.failure_reason = TrialState.FAIL, first_line(e)
+        result = getattr(e, "result", None)
+    result = result or (seen[0] if seen else None)
+    record_outcome(ctx, trial, record, result)
+    ck.unlink(missing_ok=True)
+    return Trained(state, value, record, result.history if result else [], model)
+
+
+def joint_outcome(ctx: Context, record: RunRecord, model: torch.nn.Module, res: TrainResult,
+                  run: NullRun | WandbRun) -> Trained:
+    """`run_trial`'s outcome for a member of a cohort trained jointly (`bench.mutual`), its history
+    logged to its tracking run after the fact (the cohort shares one trial: nothing reported to it)."""
+    for row in res.history:
+        run.log(row)
+    if res.error:
+        record.failure_reason = res.error
+    record_outcome(ctx, None, record, res)
+    state = TrialState.FAIL if res.error else TrialState.COMPLETE
+    return Trained(state, None if res.error else res.best_val, record, res.history, model)
+
+
+def test_scores(ctx: Context, model: torch.nn.Module) -> pd.DataFrame:
+    """A trained model's scores on the fixed test set: per-position metrics and greedy continuation."""
+    cfg = ctx.cfg
+    prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
+    return pd.concat([evaluate(model, ctx.test, cfg.eval.batch_size),
+                      continuation(model, ctx.test, prefix, cfg.eval.batch_size)], ignore_index=True)
+
+
+def write_final(ctx: Context, trained: Trained) -> dict[str, float]:
+    """A closed final (or mutual-stage) run's files (`RunFiles`: record, history, and for a run that
+    finished ok its test scores and weights). Returns the study-level test scores
+    ({"test_accuracy": ...}; empty for a failed run)."""
+    rec = trained.record
+    files = RunFiles(ctx.cfg.output_dir, rec.arch, rec.seed, rec.stage)
+    if rec.status != "ok":
+        files.write(rec, trained.history, None, None)
+        return {}
+    scored = test_scores(ctx, trained.model)
+    files.write(rec, trained.history, scored, trained.model)
+    top = scored[scored["phase"].isna() & (scored["family"] == ALL) & scored["position"].isna()]
+    return {f"test_{m}": float(v) for m, v in zip(top["metric"], top["value"], strict=True)}

@@ -1,0 +1,69 @@
+"""`python -m bench.report study=<name> [key=value ...] [--out DIR] [--no-publish]`: a study's report.
+
+Builds `reports/<study>/README.md` (or `--out DIR`, or `report_dir=`) and its PNG figures from what
+`bench.run` stored in the study's `out_dir` (`bench.report.build_report`; nothing is retrained), then
+attaches it to the study's Optuna studies for optuna-dashboard unless `--no-publish`: the README and
+figures as artifacts of each `<study>/<arch>/final` study, the headline as the note of every study.
+The overrides are `bench.run`'s, so `out_dir=`/`storage=` find a study stored elsewhere.
+
+Bad input exits with code 2 and one `error: ...` line on stderr (as `bench.run`): an unknown
+study, a malformed override, a study with no stored results (naming the missing file).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.cli import entry_point
+from bench.experiment.config import ConfigError, compose_config
+from bench.experiment.storage import study_names
+from bench.report import MissingResults, ReportInputError, build_report
+
+USAGE = """usage: python -m bench.report [study=<name>] [key=value ...] [--out DIR] [--no-publish]
+
+Builds reports/<study>/README.md and its figures from the study's stored results (runs/<study>/,
+or out_dir=...), never retraining; attaches it to the study's Optuna studies (dashboard note and
+artifacts) unless --no-publish. Overrides as for python -m bench.run."""
+
+
+def parse(argv: list[str]) -> tuple[list[str], Path | None, bool]:
+    """(overrides, --out directory or None, publish?) from the command line."""
+    overrides, out, publish = [], None, True
+    args = iter(argv)
+    for a in args:
+        if a == "--no-publish":
+            publish = False
+        elif a == "--out" or a.startswith("--out="):
+            value = a.split("=", 1)[1] if "=" in a else next(args, "")
+            if not value:
+                raise ConfigError("--out needs a directory")
+            out = Path(value)
+        elif a.startswith("-"):
+            raise ConfigError(f"unknown flag '{a}' (try --help)")
+        else:
+            overrides.append(a)
+    return overrides, out, publish
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry_point(argv, USAGE, _report)
+
+
+def _report(args: list[str]) -> int:
+    overrides, out, publish = parse(args)
+    cfg = compose_config(overrides)
+    try:
+        readme = build_report(cfg.output_dir, out or cfg.report_path,
+                              storage_url=cfg.storage_url if publish else None, study_names=study_names(cfg))
+    except MissingResults as e:
+        raise ConfigError(f"study '{cfg.name}' has no stored results in {e.out_dir} ({e.file} is missing); "
+                          f"run python -m bench.run study={cfg.name} first") from None
+    except ReportInputError as e:
+        raise ConfigError(str(e)) from None
+    print(f"wrote {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

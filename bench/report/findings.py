@@ -1,0 +1,192 @@
+"""The findings paragraph, generated from the numbers: best overall, significance, baselines,
+families, memory, lag recall, size, representations, mutual learning and failed runs. Each part
+links to the section it summarises by anchor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench.report.load import BASELINES, Stored, is_baseline, with_others
+from bench.report.markdown import and_list, heading, link, pct, plural
+from bench.report.tables import RECALL, REMEMBER, Numbers, decay_reach, mutual_verdict
+
+
+def findings(s: Stored, n: Numbers) -> str:
+    """A paragraph generated from the numbers, one part per question."""
+    if not n.order:
+        return f"{heading('findings')}\n\nNo architecture has results.\n"
+    parts = [_best(n), *_significance(n), *_baselines(n), *_families(n), *_memory(n), *_lag(n), *_size(n)]
+    if n.cka is not None:
+        parts.append(cka_finding(n.cka, with_others(n.order, n.cka["arch_a"]), n.cka_floor))
+    else:
+        parts.append(f"**Representations:** no similarity table (see {link('cka')}).")
+    if n.mutual is not None and len(n.mutual):
+        parts.append(mutual_finding(n.mutual, s.setting("mutual.weight")) + f" (see {link('mutual')})")
+    if "status" in s.runs and (s.runs["status"] != "ok").any():
+        parts.append(f"**Failed runs:** {int((s.runs['status'] != 'ok').sum())} (see {link('headline')}).")
+    return f"{heading('findings')}\n\n" + " ".join(parts) + "\n"
+
+
+def _accuracy(n: Numbers) -> pd.DataFrame:
+    return n.summary[n.summary.metric == "accuracy"].set_index("arch")
+
+
+def _best(n: Numbers) -> str:
+    acc, best = _accuracy(n), n.order[0]
+    b = acc.loc[best]
+    interval = (f"95 % interval {pct(max(0.0, b['mean'] - b['half']))}–{pct(min(1.0, b['mean'] + b['half']))} "
+                f"over {int(b['n'])} seeds"
+                if np.isfinite(b["half"]) else "one seed, no interval")
+    others = ", ".join(f"{a} {pct(acc.loc[a, 'mean'])}" for a in n.order[1:4] if a in acc.index)
+    return (f"**Best overall:** {best} with {pct(b['mean'])} test accuracy ({interval})"
+            + (f", ahead of {others}." if others else "."))
+
+
+def _significance(n: Numbers) -> list[str]:
+    if not len(n.pairs):
+        return []
+    sig = n.pairs[n.pairs.significant]
+    if not len(sig):
+        return [f"**No pairwise difference is significant** at 5 % after Holm correction over "
+                f"{plural(len(n.pairs), 'pair')} ({int(n.pairs['cells'].max())} cells each), so the ranking above "
+                f"is not established by these runs."]
+    desc = [f"{r.a if r.diff > 0 else r.b} > {r.b if r.diff > 0 else r.a} ({100 * abs(r.diff):.1f} pp)"
+            for r in sig.sort_values("diff", key=abs, ascending=False).itertuples()]
+    return [f"**Significant** (5 %, Holm over {plural(len(n.pairs), 'pair')}): {plural(len(sig), 'difference')}: "
+            f"{', '.join(desc[:8])}{' …' if len(desc) > 8 else ''}."]
+
+
+def _baselines(n: Numbers) -> list[str]:
+    acc = _accuracy(n)
+    base = acc[acc.index.isin(BASELINES)]
+    if not len(base):
+        return []
+    top = base["mean"].idxmax()
+    margin = {a: acc.loc[a, "mean"] - base.loc[top, "mean"] for a in n.order if a in acc.index}
+    losers = [a for a, m in margin.items() if m <= 0]
+    label = top.removeprefix("baseline_").replace("_", " ")
+    if losers:
+        return [f"**Baselines:** {and_list(losers)} {'does' if len(losers) == 1 else 'do'} not beat the "
+                f"best non-learned baseline ({label}, {pct(base.loc[top, 'mean'])})."]
+    return [f"**Baselines:** every architecture beats the best non-learned baseline ({label}, "
+            f"{pct(base.loc[top, 'mean'])}), by at least {100 * min(margin.values()):.1f} pp."]
+
+
+def _families(n: Numbers) -> list[str]:
+    """Which architecture is best on how many families (ties in count: the better-ranked first), and the hardest."""
+    fam = n.families.loc[[a for a in n.order if a in n.families.index]]
+    if not fam.size:
+        return []
+    winners = fam.idxmax(axis=0)
+    won = [(a, list(winners[winners == a].index)) for a in fam.index if (winners == a).any()]
+    groups = [f"{a} on {len(fs)} ({', '.join(fs)})" for a, fs in sorted(won, key=lambda t: -len(t[1]))]
+    hardest = fam.max(axis=0).idxmin()
+    return [f"**Per family** (best mean accuracy): {'; '.join(groups)}. Hardest family: {hardest} "
+            f"(best {winners[hardest]}, {pct(fam[hardest].max())})."]
+
+
+def _memory(n: Numbers) -> list[str]:
+    if n.decay is None:
+        return ["**Memory:** no decay curves stored."]
+    reach = decay_reach(n.decay)
+    if not reach:
+        return []
+    k0 = int(n.decay["k"].min())
+    return [f"**Memory:** the perturbation effect stays above {REMEMBER:.0%} of its k={k0} value up to "
+            + ", ".join(f"k={k} ({a})" for a, k in sorted(reach.items(), key=lambda t: -t[1])) + "."]
+
+
+def _lag(n: Numbers) -> list[str]:
+    if n.lag is None:
+        return []
+    recall = {a: g.loc[g["mean"] >= RECALL, "k"].max() for a, g in n.lag.groupby("arch") if not is_baseline(a)}
+    return [f"**Lag recall** (largest k with ≥ {RECALL:.0%} accuracy on predictable positions): "
+            + ", ".join(f"{a} {int(k) if pd.notna(k) else 'none'}"
+                        for a, k in sorted(recall.items(), key=lambda t: -(t[1] if pd.notna(t[1]) else 0))) + "."]
+
+
+def _size(n: Numbers) -> list[str]:
+    if not n.front:
+        return []
+    pts = n.points.set_index("arch")
+    return ["**Size:** the accuracy–parameter Pareto front is "
+            + " → ".join(f"{a} ({int(pts.loc[a, 'num_params']):,} params, {pct(pts.loc[a, 'mean'])})"
+                         for a in n.front) + "."]
+
+
+def _pairs_once(means: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Each unordered pair of architectures once, the first in `order` as arch_a."""
+    rank = {a: i for i, a in enumerate(order)}
+    position = lambda col: means[col].map(lambda a: rank.get(a, len(rank)))  # noqa: E731
+    return means[position("arch_a") < position("arch_b")]
+
+
+def cka_finding(means: pd.DataFrame, order: list[str], floor: dict[str, float] | None = None) -> str:
+    """One paragraph part from the numbers: the most and least similar pair of architectures at the last
+    block, the cross-architecture mean against the seed-to-seed reference, and the trend with depth."""
+    pairs = _pairs_once(means, order)
+    same = pairs[pairs.kind == "architectures"]
+    last = same[same["last"]].dropna(subset=["cka"]).sort_values("cka", ascending=False)
+    if not len(last):
+        return "**Representations:** fewer than two architectures with stored models: no similarity to compare."
+    pair = lambda r: f"{r.arch_a}–{r.arch_b} ({r.cka:.2f})"  # noqa: E731
+    text = ("**Representations** (linear CKA of the last block's outputs, mean over seeds): the most similar pair "
+            f"of architectures is {pair(last.iloc[0])}")
+    mean = last["cka"].mean()
+    if len(last) > 1:
+        text += f", the least similar {pair(last.iloc[-1])}, the mean over {plural(len(last), 'pair')} {mean:.2f}"
+    across = pairs[pairs.kind == "architectures_across_seeds"]
+    across_last = across.loc[across["last"], "cka"].mean() if len(across) else math.nan
+    if np.isfinite(across_last):
+        text += f" ({across_last:.2f} between architectures on different seeds)"
+    text += _seed_reference(means, across_last if np.isfinite(across_last) else mean)
+    return text + _depth_trend(same, across if len(across) else same, bool(len(across)), floor) + "."
+
+
+def _seed_reference(means: pd.DataFrame, fair: float) -> str:
+    """Against one architecture on two seeds: `fair` is the cross-architecture mean, both sides on
+    different seeds where possible."""
+    seeds = means[(means.kind == "seeds") & means["last"]].groupby("arch_a")["cka"].mean().sort_values()
+    if not len(seeds):
+        return ""
+    spread = (f"{seeds.index[0]} {seeds.iloc[0]:.2f} to {seeds.index[-1]} {seeds.iloc[-1]:.2f}" if len(seeds) > 1
+              else str(seeds.index[0]))
+    verdict = ("different architectures end up nearly as similar to each other as two trainings of one"
+               if fair >= 0.9 * seeds.mean() else
+               "different architectures end up less similar to each other than two trainings of one")
+    return (f", against {seeds.mean():.2f} for one architecture on two seeds ({spread}): {verdict} "
+            f"(ratio {fair / seeds.mean():.2f})")
+
+
+def _depth_trend(same: pd.DataFrame, off: pd.DataFrame, across: bool, floor: dict[str, float] | None) -> str:
+    """How similarity between architectures changes from the embedding to the last block."""
+    depth = [(label, off[(off.layer_a == layer) & (off.layer_b == layer)]["cka"].mean())
+             for label, layer in (("the embedding", 0), ("block 1", 1))]
+    depth = [(label, v) for label, v in depth if np.isfinite(v)]
+    last_off = off.loc[off["last"], "cka"].mean()
+    if not depth or not np.isfinite(last_off):
+        return ""
+    trend = "rises" if last_off > depth[0][1] else "falls" if last_off < depth[0][1] else "stays level"
+    shown = [f"{v:.2f} at {label}" for label, v in depth]
+    if "embedding" in (floor or {}) and depth[0][0] == "the embedding":
+        shown[0] += f" (two unrelated random embeddings: {floor['embedding']:.2f})"
+    text = (f". Between architectures{' on different seeds' if across else ''}, similarity {trend} with "
+            f"depth: {', '.join(shown)}, {last_off:.2f} at the last block")
+    emb_same = same[(same.layer_a == 0) & (same.layer_b == 0)]["cka"].mean()
+    if across and np.isfinite(emb_same) and emb_same - depth[0][1] > 0.2:
+        text += (f" (on the same seed the embeddings score {emb_same:.2f}, mostly because every architecture of a "
+                 "seed starts from the same random stream)")
+    return text
+
+
+def mutual_finding(table: pd.DataFrame, weight: float | None) -> str:
+    verdicts = {v: [f"{r.arch} ({100 * r.gain:+.1f} pp)" for r in table.itertuples() if mutual_verdict(r) == v]
+                for v in ("helps", "hurts", "no detectable effect")}
+    parts = [f"it helps {and_list(verdicts['helps'])}" if verdicts["helps"] else "it helps no architecture detectably",
+             f"hurts {and_list(verdicts['hurts'])}" if verdicts["hurts"] else "",
+             f"has no detectable effect on {and_list(verdicts['no detectable effect'])}"
+             if verdicts["no detectable effect"] else ""]
+    return f"**Mutual learning** (KL weight {weight}): " + "; ".join(p for p in parts if p) + "."

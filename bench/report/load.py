@@ -1,0 +1,99 @@
+"""What a study stored, read back: its tables (`<name>.parquet`), config.yaml and meta.yaml in its
+out_dir. The report needs nothing else: no model, no training code, no configuration schema.
+
+config.yaml is the study's full configuration as OmegaConf YAML; it is read as a plain DictConfig
+(`Stored.setting`), so a report stands for a study written by an older or newer schema. The words
+of the stored tables the report relies on are named here (`ALL`, the baselines' `baseline_` prefix);
+the order in which families are shown is the test set's, as recorded in overlap.parquet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml", "config.yaml")  # without these nothing to report
+# <name>.parquet; a missing one is said in its section
+OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "cka_floor", "mutual", "mutual_runs", "mutual_kl")
+ALL = "all"  # the family of rows aggregated over families (position <NA>: over all positions)
+# the non-learned predictors scored on the same test set, in the order the report shows them
+BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
+
+
+class ReportInputError(ValueError):
+    """What the report was given cannot make a report (the CLIs print it as one `error:` line)."""
+
+
+class MissingResults(ReportInputError):
+    """The out_dir lacks a file the report cannot do without (`file`, one of REQUIRED)."""
+
+    def __init__(self, out_dir: Path, file: str) -> None:
+        self.out_dir, self.file = out_dir, file
+        super().__init__(f"no stored results in {out_dir} ({file} is missing)")
+
+
+@dataclass
+class Stored:
+    """What a study stored in its out_dir; optional tables are None when absent."""
+
+    out_dir: Path
+    cfg: DictConfig  # config.yaml: the configuration the study ran under
+    meta: dict[str, Any]  # meta.yaml: command, commit, date, machine, workers, storage
+    results: pd.DataFrame
+    runs: pd.DataFrame
+    history: pd.DataFrame | None = None
+    trials: pd.DataFrame | None = None
+    overlap: pd.DataFrame | None = None
+    decay: pd.DataFrame | None = None
+    cka: pd.DataFrame | None = None
+    cka_floor: pd.DataFrame | None = None  # what two unrelated embeddings score on the CKA probe, per d_model
+    mutual: pd.DataFrame | None = None  # the mutual stage's test scores (schema of results)
+    mutual_runs: pd.DataFrame | None = None
+    mutual_kl: pd.DataFrame | None = None  # pairwise KL between architectures' predictions, alone and jointly
+    family_names: list[str] = field(default_factory=list)  # the test set's family order
+
+    @property
+    def name(self) -> str:
+        return str(self.setting("name", self.out_dir.name))
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A value of config.yaml by dotted key ('search.n_trials'), `default` where the key is absent."""
+        return OmegaConf.select(self.cfg, key, default=default)
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage the study used: its `storage`, else the SQLite file in out_dir."""
+        return self.setting("storage") or f"sqlite:///{self.out_dir / 'optuna.db'}"
+
+
+def load(out_dir: Path) -> Stored:
+    """Read the study's stored files; MissingResults naming the first missing required file."""
+    out_dir = Path(out_dir)
+    missing = [f for f in REQUIRED if not (out_dir / f).is_file()]
+    if missing:
+        raise MissingResults(out_dir, missing[0])
+    optional = {name: pd.read_parquet(out_dir / f"{name}.parquet") if (out_dir / f"{name}.parquet").is_file() else None
+                for name in OPTIONAL}
+    overlap = optional["overlap"]
+    return Stored(out_dir=out_dir, cfg=OmegaConf.load(out_dir / "config.yaml"),
+                  meta=dict(OmegaConf.to_container(OmegaConf.load(out_dir / "meta.yaml"))),
+                  results=pd.read_parquet(out_dir / "results.parquet"), runs=pd.read_parquet(out_dir / "runs.parquet"),
+                  family_names=list(dict.fromkeys(overlap["family"])) if overlap is not None else [], **optional)
+
+
+def family_order(names: Any, known: list[str]) -> list[str]:
+    """Families in the order of `known` (the test set's: phase by phase, as registered), others last by name."""
+    return sorted(names, key=lambda f: (known.index(f) if f in known else len(known), f))
+
+
+def is_baseline(arch: str) -> bool:
+    return arch in BASELINES or arch.startswith("baseline_")
+
+
+def with_others(order: list[str], archs: pd.Series) -> list[str]:
+    """`order`, then any other architecture in `archs` (one without test results), sorted."""
+    return [*order, *sorted(set(archs) - set(order) - set(BASELINES))]

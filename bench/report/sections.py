@@ -1,0 +1,307 @@
+"""The report's markdown sections, each from the stored tables (`Stored`) and the analysis tables
+(`Numbers`): what was run, the headline, paired comparisons, figures, and the mutual-learning
+comparison; `render` puts them together with the findings (`bench.report.findings`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report.findings import findings
+from bench.report.load import ALL, BASELINES, Stored, family_order, is_baseline
+from bench.report.markdown import (
+    and_list,
+    fmt_ci,
+    fmt_size,
+    heading,
+    link,
+    md_table,
+    pct,
+    plural,
+    title,
+)
+from bench.report.stats import BOOTSTRAP_SEED, RESAMPLES
+from bench.report.tables import SIZE_COLUMNS, Numbers, mutual_verdict
+
+
+def figure(drawn: dict[str, str], name: str, caption: str) -> str:
+    """The figure's embedded image, or why it is not there, or nothing for a figure of no place here."""
+    why = drawn.get(name)
+    if why is None:
+        return ""
+    return f"![{caption}]({name})\n\n" if not why else f"*No figure: {why}.*\n\n"
+
+
+def rebuild_command(s: Stored) -> str:
+    """The command that rebuilds this report: out_dir where it is not the default, storage where set."""
+    out = s.setting("out_dir") or (s.out_dir if s.out_dir != Path("runs") / s.name else None)
+    storage = s.setting("storage")
+    extra = (f" out_dir={s.out_dir}" if out else "") + (f" storage={storage}" if storage else "")
+    return f"python -m bench.report study={s.name}{extra}"
+
+
+def _search_line(s: Stored) -> str:
+    c = s.setting
+    if c("search.n_trials"):
+        space = f"d_model {list(c('search.space.d_model'))}, layers {list(c('search.space.num_layers'))}, " \
+                f"lr {list(c('search.space.lr'))}"
+        return (f"{c('search.n_trials')} trials × {c('search.steps') or c('train.steps')} steps × batch "
+                f"{c('train.batch_size')} per architecture (seed {c('search.seed')}; TPE, {c('search.pruner')} "
+                f"pruner; space {space})")
+    return (f"none: every architecture at d_model {c('model.d_model')}, {c('model.num_layers')} layers, "
+            f"d_state {c('model.d_state')}")
+
+
+def section_run(s: Stored) -> str:
+    c, m = s.setting, s.meta
+    iso = f"; sized to equal {c('iso')} (`iso={c('iso')}`)" if c("iso", "none") != "none" else ""
+    tokens = int(s.runs["tokens"].max()) if "tokens" in s.runs and s.runs["tokens"].notna().any() else None
+    final = (f"{c('train.steps')} steps × batch {c('train.batch_size')} × length {c('data.length')}"
+             + (f" (up to {tokens:,} tokens)" if tokens else "") + f" per architecture and seed{iso}")
+    fam = s.results[(s.results["family"] != ALL) & s.results["phase"].notna()][["phase", "family"]].drop_duplicates()
+    data = "; ".join(f"phase {int(p)}: {', '.join(family_order(g['family'], s.family_names))}"
+                     for p, g in fam.groupby("phase"))
+    archs = [a for a in s.results["arch"].unique() if not is_baseline(a)]
+    lines = [
+        f"- **Command:** `{m.get('command') or '(not recorded)'}`",
+        f"- **Commit:** `{m.get('commit', '?')}` · **date:** {m.get('date', '?')} · "
+        f"**machine:** {m.get('machine', '?')} · **workers:** {m.get('workers', '?')}",
+        f"- **Search:** {_search_line(s)}",
+        f"- **Final:** {final}; early stopping {'on' if c('train.early_stopping') else 'off'}",
+        f"- **Seeds:** {', '.join(str(x) for x in sorted(s.results['seed'].unique()))} · "
+        f"**architectures:** {', '.join(sorted(archs))}",
+        f"- **Data:** {data or '—'} ({c('data.test_per_family')} test sequences per family)",
+        f"- **Storage:** `{m.get('storage', s.storage_url)}`",
+        f"- **Reproduce:** `{m.get('command') or f'python -m bench.run study={s.name}'}` "
+        f"(resumes if the storage is there; rebuild this report: `{rebuild_command(s)}`)",
+        f"- **Test-set overlap with training:** {overlap_line(s.overlap, s.family_names)}",
+    ]
+    return f"{heading('run')}\n\n" + "\n".join(lines) + "\n"
+
+
+def overlap_line(overlap: pd.DataFrame | None, known: list[str]) -> str:
+    """One line: share of test sequences drawn verbatim in training, plus the families where it is notable."""
+    if overlap is None or not len(overlap):
+        return "not recorded (overlap.parquet missing)."
+    total = overlap["seen"].sum() / overlap["n"].sum()
+    per = overlap.groupby("family")[["seen", "n"]].sum()
+    per = per["seen"] / per["n"]
+    per = per.reindex(sorted(per.index, key=lambda f: (-per[f], family_order(per.index, known).index(f))))
+    line = f"{pct(total)} of the test sequences also occur verbatim in a seed's training budget"
+    if (per >= 0.5).any():  # notable: some family is mostly seen in training
+        shown = per[per >= 0.1]
+        rest = len(per) - len(shown)
+        line += ("; per family: " + ", ".join(f"{f} {100 * v:.0f} %" for f, v in shown.items())
+                 + (f", the other {rest} below 10 %" if rest else "")
+                 + " (where high, test accuracy may be recall rather than rule-following)")
+    return line + "."
+
+
+def _headline_row(arch: str, n: Numbers, size_cols: list[str], metrics: list[tuple]) -> list[str]:
+    """One row of the headline table: sizes, parameters, each metric over seeds, the seed count."""
+    summ = n.summary.set_index(["arch", "metric"])
+    base = is_baseline(arch)
+    cfg_row = n.configs.loc[arch] if arch in n.configs.index else None
+    cells = [f"*baseline: {arch.removeprefix('baseline_').replace('_', ' ')}*" if base else f"**{arch}**"]
+    cells += ["—" if base or cfg_row is None else fmt_size(cfg_row[c], c) for c in size_cols]
+    no_size = base or cfg_row is None or "num_params" not in cfg_row
+    cells.append("—" if no_size else f"{int(cfg_row['num_params']):,}")
+    seeds = 0
+    for metric, _, scale, digits in metrics:
+        if (arch, metric) not in summ.index:
+            cells.append("—")
+            continue
+        r = summ.loc[(arch, metric)]
+        seeds = max(seeds, int(r["n"]))
+        # a baseline is deterministic on the fixed test set: one value, no interval
+        cells.append(f"{r['mean'] * scale:.{digits}f}" if base else fmt_ci(r["mean"], r["half"], int(r["n"]), scale,
+                                                                              digits))
+    cells.append("—" if base else str(seeds))
+    return cells
+
+
+def section_headline(s: Stored, n: Numbers) -> str:
+    metrics = [("accuracy", "accuracy (%)", 100.0, 1), ("distance_error", "distance error", 1.0, 2),
+               ("loss", "loss (nats)", 1.0, 3), ("continuation_accuracy", "continuation acc. (%)", 100.0, 1)]
+    metrics = [m for m in metrics if (n.summary.metric == m[0]).any()]
+    size_cols = [c for c in SIZE_COLUMNS if c in n.configs and n.configs[c].notna().any()]
+    header = ["architecture", *size_cols, "params", *(m[1] for m in metrics), "seeds"]
+    rows = [_headline_row(arch, n, size_cols, metrics)
+            for arch in [*n.order, *[b for b in BASELINES if b in set(n.summary.arch)]]]
+    one = (n.summary[n.summary.arch.isin(n.order)]["n"] == 1).any()
+    text = (f"{heading('headline')}\n\n<!-- headline -->\n"
+            "Test-set scores of each architecture's best configuration, mean ± half-width of the 95 % "
+            "Student-t interval over seeds (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), sorted by accuracy; baselines are "
+            "non-learned predictors on the same test set. Distance error is |prediction − target| in values "
+            "(0–255); loss is cross-entropy in nats; continuation accuracy is greedy generation of each "
+            "sequence's second half from its first.\n\n" + md_table(header, rows) + "\n")
+    if one:
+        text += "\n(n=1): a single seed gives no interval.\n"
+    return text + "<!-- /headline -->\n\n" + failed_runs(s.runs)
+
+
+def failed_runs(runs: pd.DataFrame) -> str:
+    if "status" not in runs:
+        return "Run status not recorded.\n"
+    bad = runs[runs["status"] != "ok"]
+    if not len(bad):
+        return f"All {len(runs)} final runs finished (status ok).\n"
+    rows = [[str(r["arch"]), str(r["seed"]), str(r.get("reason") or "—").replace("|", "/").splitlines()[0]]
+            for _, r in bad.iterrows()]
+    return (f"**Failed runs ({len(bad)} of {len(runs)}):**\n\n"
+            + md_table(["architecture", "seed", "reason"], rows) + "\n")
+
+
+def _pair_matrix(n: Numbers) -> list[list[str]]:
+    """Row minus column accuracy difference (pp) for every two architectures, `*` where significant."""
+    pairs = {(r.a, r.b): r for r in n.pairs.itertuples()}
+    rows = []
+    for a in n.order:
+        row = [f"**{a}**"]
+        for b in n.order:
+            r = pairs.get((a, b)) or pairs.get((b, a))
+            if a == b or r is None:
+                row.append("·" if a == b else "—")
+                continue
+            diff = r.diff if (r.a, r.b) == (a, b) else -r.diff
+            row.append(f"{100 * diff:+.1f}{'*' if r.significant else ''}")
+        rows.append(row)
+    return rows
+
+
+def section_pairs(n: Numbers) -> str:
+    head = f"{heading('pairs')}\n\n"
+    if len(n.order) < 2 or not len(n.pairs):
+        return head + "Fewer than two architectures with results: nothing to compare.\n"
+    cells = int(n.pairs["cells"].max())
+    text = (head + f"Accuracy differences in percentage points, **row minus column**, averaged over the "
+            f"{cells} (seed, family) cells both architectures have; every cell is the same test sequences for "
+            f"both, and seed s gave both the same training stream. `*`: significant at 5 % by a paired "
+            f"bootstrap over cells ({RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), Holm-corrected over the "
+            f"{plural(len(n.pairs), 'comparison')}. Per-sequence scores are not stored, so the cell is the unit; "
+            f"with few cells the bootstrap is optimistic, and the sign test (below) is the conservative check.\n\n")
+    text += md_table(["", *n.order], _pair_matrix(n)) + "\n\n"
+    detail = [[f"{r.a} − {r.b}", str(r.cells), f"{100 * r.diff:+.2f}", f"[{100 * r.lo:+.2f}, {100 * r.hi:+.2f}]",
+               f"{r.wins}/{r.ties}/{r.losses}", f"{r.p_boot:.4f}", f"{r.p_sign:.4f}", f"{r.p_holm:.4f}",
+               "yes" if r.significant else "no"] for r in n.pairs.sort_values("p_boot").itertuples()]
+    return text + ("<details><summary>All pairs (bootstrap and sign test)</summary>\n\n"
+                   + md_table(["pair", "cells", "diff (pp)", "95 % bootstrap CI (pp)", "wins/ties/losses",
+                               "p bootstrap", "p sign test", "p Holm", "significant"], detail)
+                   + "\n\n</details>\n")
+
+
+def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    text = f"{heading('figures')}\n\n"
+    text += (f"{heading('accuracy')}\n\nBars: mean over seeds; whiskers: 95 % Student-t interval; "
+             "lines: baselines.\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
+    lag_note = ("All positions count here, including the first k of a `lag_k` sequence, which no model can "
+                f"predict; see {link('memory')} for the predictable positions only.\n\n" if n.lag is not None else "")
+    text += f"{heading('families')}\n\n" + lag_note + figure(drawn, "families.png", "accuracy per family")
+    text += (f"{heading('curves')}\n\nValidation accuracy and loss against training tokens, mean over seeds, "
+             "band min–max over seeds.\n\n" + figure(drawn, "learning_curves.png", "learning curves"))
+    text += (f"{heading('memory')}\n\nHow strongly the prediction of x_T (the value after the last input) depends "
+             "on the input x_(T−k), k steps back (k = 1: the last input; a lag-k copy reads exactly k back), "
+             "from `bench.analysis.memory_decay` on the final models: `gradient` "
+             "is ‖∂logits/∂embedding‖ (the StableSSM paper's memory function), `perturbation` the "
+             "total-variation distance of the prediction when that token is replaced; mean over test "
+             "sequences and seeds, log scale.\n\n" + figure(drawn, "memory_decay.png", "memory-decay curves"))
+    if "lag_accuracy.png" in drawn:
+        text += ("Accuracy against lag k on the `lag_k` families, counting only the predictable positions "
+                 "(position p ≥ k − 1 predicts x_{p+1} = x_{p+1−k}), weighted by predictions.\n\n"
+                 + figure(drawn, "lag_accuracy.png", "accuracy against lag k"))
+    text += (f"{heading('size')}\n\nFinal runs' test accuracy against parameters with the Pareto front "
+             f"({' → '.join(n.front) or '—'}); crosses: search trials' validation accuracy at the search "
+             "budget.\n\n" + figure(drawn, "pareto.png", "accuracy against parameters"))
+    text += f"{heading('importance')}\n\n" + figure(drawn, "importance.png", "hyperparameter importances")
+    if n.importances and n.importance_notes:
+        text += "Not shown: " + "; ".join(n.importance_notes) + ".\n\n"
+    return text + section_cka(s, n, drawn)
+
+
+def section_cka(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    text = (f"{heading('cka')}\n\nLinear CKA (centered kernel alignment, Kornblith et al. 2019) "
+            "compares two models' hidden states on the same inputs: 1 means the same representation up to a "
+            "rotation and a scale, and unrelated features score near √(d·d′)/n rather than 0")
+    floor = n.cka_floor or {}
+    if "rows" in floor:
+        d, rows = int(n.configs["d_model"].max()), int(s.cka["n"].max())
+        text += f" (≈ {floor['rows']:.3f} here, d = {d}, n = {rows:,} rows)"
+        if "embedding" in floor:
+            text += (f"; at the embedding, whose {rows:,} rows are lookups of {floor['distinct_tokens']:.0f} "
+                     f"distinct tokens, two independent random embedding tables already score "
+                     f"{floor['embedding']:.2f}")
+    text += (". From `bench.analysis.cka` on the final models: the output of the embedding (layer 0, `emb`) and "
+             "of every block, at every position of the same test sequences (one row per sequence and position). "
+             "The matrix compares architectures on the same seed (same training stream), at the last block; its "
+             "diagonal is one architecture on two different seeds, the reference for how similar two trainings of "
+             "one architecture are. The layer × layer grid compares architectures on different seeds where there "
+             "are several: every architecture of a seed starts from the same random stream, so on one seed the "
+             "embeddings look alike from initialisation alone. Mean over seeds (or seed pairs).\n\n")
+    return (text + figure(drawn, "cka.png", "last-block linear CKA, architecture × architecture")
+            + figure(drawn, "cka_layers.png", "layer × layer linear CKA per pair of architectures"))
+
+
+def _mutual_rows(n: Numbers) -> list[list[str]]:
+    rows = []
+    for r in n.mutual.itertuples():
+        rows.append([r.arch, fmt_ci(r.alone, r.alone_half, r.seeds, 100), fmt_ci(r.joint, r.joint_half, r.seeds, 100),
+                     f"{100 * r.gain:+.2f} ± {100 * r.half:.2f}" if np.isfinite(r.half) else f"{100 * r.gain:+.2f}",
+                     f"{r.wins}/{r.cells - r.wins - r.losses}/{r.losses}", f"{r.p_holm:.3g}",
+                     f"**{mutual_verdict(r)}**" if r.significant else mutual_verdict(r)])
+    return rows
+
+
+def _agreement(s: Stored) -> str:
+    """Did the pull act? The mean KL between architectures' predictions, alone against jointly."""
+    if s.mutual_kl is None or not len(s.mutual_kl):
+        return ""
+    kl = s.mutual_kl.groupby("training")["kl"].mean()
+    if not {"alone", "jointly"} <= set(kl.index):
+        return ""
+    return (f"\nDid the pull act? The mean KL divergence between two architectures' predictions on the "
+            f"test probes (same seed, every position) is {kl['alone']:.3f} nats trained alone and "
+            f"{kl['jointly']:.3f} jointly ({kl['jointly'] / kl['alone']:.0%} of it).\n")
+
+
+def section_mutual(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    """Does training the architectures together help, and whom?"""
+    head = (f"{heading('mutual')}\n\nAfter the final stage, each seed's architectures "
+            f"({and_list(sorted(set(s.mutual_runs['arch'])) if s.mutual_runs is not None else [])}) were trained "
+            f"again, jointly on the same batches from the same initialisation, each with its own loss plus "
+            f"{s.setting('mutual.weight')} × the mean KL divergence from the others' predictions (deep mutual "
+            f"learning, `bench.mutual`), at the same budget. Each joint run is paired with the same architecture's "
+            f"independent final run of the same seed.\n")
+    if n.mutual is None or not len(n.mutual):
+        return head + "\nNo mutual-stage results stored.\n"
+    table = md_table(["architecture", "alone: accuracy (%)", "jointly (%)", "gain (pp, 95 % CI over seeds)",
+                      "cells better/tied/worse", "p (bootstrap, Holm)", "verdict"], _mutual_rows(n))
+    failed = s.mutual_runs[s.mutual_runs["status"] != "ok"] if s.mutual_runs is not None else pd.DataFrame()
+    note = (f"\nFailed joint runs: {', '.join(f'{r.arch} seed {r.seed} ({r.reason})' for r in failed.itertuples())}.\n"
+            if len(failed) else "")
+    return (head + "\n" + table + "\n\nThe gain's interval is over seeds (Student-t); the verdict tests the same "
+            "difference over (seed, family) cells with a paired bootstrap, Holm-corrected over architectures. "
+            "`mutual.weight=0` reproduces the independent runs exactly (tested), so any gain is the KL term's.\n"
+            + _agreement(s) + note + "\n" + figure(drawn, "mutual.png", "Gain in test accuracy from training "
+                                                   "jointly, per architecture (mean over seeds, 95 % interval)."))
+
+
+def has_mutual(s: Stored) -> bool:
+    return s.setting("mutual.weight") is not None or s.mutual is not None
+
+
+def render(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
+    """The whole README: a title line with the best architecture and links to the sections, then each section."""
+    acc = n.summary[n.summary.metric == "accuracy"].set_index("arch")
+    best = (f"Best: **{n.order[0]}** at {pct(acc.loc[n.order[0], 'mean'])} test accuracy. " if n.order else "")
+    keys = ["run", "headline", "pairs", "figures", "findings", *(["mutual"] if has_mutual(s) else [])]
+    intro = (f"# Report: study `{s.name}`\n\n{best}Generated by `{rebuild_command(s)}` on "
+             f"{dt.datetime.now(dt.UTC).date()} from the stored results in `{s.out_dir}` (nothing retrained). "
+             "Sections: " + " · ".join(link(k, title(k).lower()) for k in keys) + ".\n")
+    sections = [intro, section_run(s), section_headline(s, n), section_pairs(n), section_figures(s, n, drawn),
+                findings(s, n)]
+    if has_mutual(s):
+        sections.append(section_mutual(s, n, drawn))
+    return "\n".join(sections)
