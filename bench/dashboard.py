@@ -4,12 +4,14 @@ on the study's storage (the same `storage=`/`out_dir=` overrides as `bench.run` 
 Every trial of both stages is there as `<study>/<arch>` and `<study>/<arch>/final`, with its user
 attributes (architecture, sizes, parameter count, state size, tokens seen, wall time, validation
 metrics, memory estimate, pruning or failure reason, W&B run id). The study's report
-(`reports/<study>/`) is attached to each study as its note and as artifacts (README and figures),
-served from `<out_dir>/artifacts`. Serves on localhost by default.
+(`<out_dir>/report/` by default) is attached to each study as its note and as artifacts (README
+and figures), served from `<out_dir>/artifacts`. Serves on localhost by default; the host and port
+are checked before the storage is opened, so a busy port or an unknown host is one `error:` line.
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from optuna.artifacts import FileSystemArtifactStore
@@ -42,12 +44,30 @@ def parse(argv: list[str]) -> tuple[list[str], str, int]:
     return overrides, host, port
 
 
+def check_address(host: str, port: int) -> None:
+    """`host` resolves and `port` can be bound there now (nothing else listens on it)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise ConfigError(f"--host '{host}' is not a known host name or address ({why})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     return entry_point(argv, USAGE, _serve)
 
 
 def _serve(args: list[str]) -> int:
     overrides, host, port = parse(args)
+    if not host:
+        raise ConfigError("--host needs a host name or address")
+    check_address(host, port)
     cfg = compose_config(overrides)
     if cfg.storage is None and not (cfg.output_dir / "optuna.db").exists():
         raise ConfigError(f"study '{cfg.name}' has no storage yet ({cfg.output_dir / 'optuna.db'}); run it first")

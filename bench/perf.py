@@ -9,6 +9,9 @@ Per architecture and size (d_model x sequence length), side by side in one proce
 * data generation rate (`TrainStream`, sequences/s) over the rate training consumes sequences;
 * cached decoding (prefill + step) speed-up over recomputing the prefix at every token;
 * memory: the estimate the study engine prunes with, against the measured activations + state.
+Then Mamba per scan (the chunked PyTorch scan, the compiled CPU scan), at --mamba-sizes: its training
+step against the transformer's, and its mixer's forward + backward against mambapy's MambaBlock
+(`pip install -e '.[perf]'`; the row says so when mambapy is absent), interleaved in one process.
 Bare loop and harness alternate in short rounds and the median round counts, so drift on a noisy
 machine hits both alike; absolute times are indicative only, the ratios are the product.
 Writes `<out>/README.md` (markdown table, machine, command) and prints the same table.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import platform
 import statistics
@@ -32,15 +36,22 @@ import torch
 
 from bench.data import Curriculum, TrainStream
 from bench.memory import estimate, measured_bytes
-from bench.models import ModelConfig, build_model, mixer_names
+from bench.models import ModelConfig, build_mixer, build_model, mixer_names
 from bench.train import TrainConfig, distance_weighted_ce, make_optimizer, train
 from bench.util import atomic_write
+
+try:  # a benchmark-only extra (pyproject's `perf`): the Mamba rows say so when it is missing
+    from mambapy.mamba import MambaBlock, MambaConfig
+except ImportError:
+    MambaBlock = MambaConfig = None
 
 DEFAULT_SIZES = ("64x8", "64x64", "64x256", "256x8", "256x64")
 BATCH = 64
 VAL_EVERY = 100  # the studies' validation cadence; the harness validates at it, as in a study
 VAL_SIZE = 100
 ROUNDS = 9  # paired harness / bare-loop rounds per cell, order alternating; the median pair ratio counts
+MAMBA_SIZES = ("64x64", "64x256")  # issue 19's targets: Mamba >= 0.5 x the transformer, >= 5 x mambapy
+MAMBA_SCANS = {"reference": "chunked", "fused_cpu": "compiled"}  # Mamba's impl -> the scan it runs on CPU
 
 
 @dataclass
@@ -57,9 +68,11 @@ class PremadeStream:
         return self.batches[step % len(self.batches)]
 
 
-def make_model(arch: str, d_model: int, length: int, seed: int = 0) -> torch.nn.Module:
+def make_model(arch: str, d_model: int, length: int, seed: int = 0, impl: str | None = None) -> torch.nn.Module:
+    """The benchmarked model; `impl` picks Mamba's implementation (its default, auto, otherwise)."""
     torch.manual_seed(seed)
-    return build_model(ModelConfig(arch=arch, d_model=d_model, num_layers=2, d_state=16, max_len=length))
+    mixer = {"mamba": {"impl": impl}} if impl else {}
+    return build_model(ModelConfig(arch=arch, d_model=d_model, num_layers=2, d_state=16, max_len=length, mixer=mixer))
 
 
 def bare_loop(model: torch.nn.Module, cfg: TrainConfig, stream: PremadeStream, start: int = 0,
@@ -197,11 +210,117 @@ def measure(archs: list[str], sizes: list[tuple[int, int]], seconds: float) -> p
     return pd.DataFrame(rows)
 
 
+def interleaved(calls: dict[str, Callable[[], object]], seconds: float) -> dict[str, float]:
+    """Median seconds per call of each function, over ROUNDS rounds that run them in turn (the order
+    rotating), so that a noisy machine slows them all alike; about `seconds` in all."""
+    warm = {}
+    for name, fn in calls.items():
+        t0 = time.perf_counter()
+        fn()
+        warm[name] = time.perf_counter() - t0
+    reps = max(1, int(seconds / ROUNDS / max(sum(warm.values()), 1e-9)))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(ROUNDS):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                calls[name]()
+            times[name].append((time.perf_counter() - t0) / reps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step(model: torch.nn.Module, length: int) -> Callable[[], None]:
+    """One step of the bare loop (forward, the design's loss, backward, clip, AdamW) on a fixed batch."""
+    cfg = TrainConfig(batch_size=BATCH, early_stopping=False)
+    opt, _ = make_optimizer(model, cfg)
+    batch = TrainStream(Curriculum(phases=(1,)), length, BATCH, seed=0, steps_per_epoch=VAL_EVERY).batch(0)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        loss = distance_weighted_ce(model(batch[:, :-1]), batch[:, 1:], cfg.alpha, cfg.distance_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+
+    return step
+
+
+def mixer_pass(mixer: torch.nn.Module, d_model: int, length: int) -> Callable[[], None]:
+    """Forward + backward of one mixer on a (BATCH, length, d_model) input."""
+    x = torch.randn(BATCH, length, d_model, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    return lambda: mixer(x).square().mean().backward()
+
+
+def mamba_impls() -> dict[str, str]:
+    """MAMBA_SCANS less those that cannot run here (printed with the reason the mixer gives)."""
+    scans = {}
+    for impl, scan in MAMBA_SCANS.items():
+        try:
+            build_mixer("mamba", 16, impl=impl)
+            scans[impl] = scan
+        except ValueError as e:
+            print(f"Mamba rows without the {scan} scan: {e}", flush=True)
+    return scans
+
+
+def mamba_table(sizes: list[tuple[int, int]], seconds: float) -> pd.DataFrame:
+    """Per size and scan: Mamba's training step against the transformer's, and its mixer against
+    mambapy's MambaBlock (same d_model, d_state 16, expand 2, d_conv 4), all interleaved per size."""
+    scans = mamba_impls() if sizes else {}
+    if sizes and MambaBlock is None:
+        print("Mamba rows without mambapy: it is not installed (pip install -e '.[perf]')", flush=True)
+    rows = []
+    for d_model, length in sizes:
+        calls = {"transformer": train_step(make_model("transformer", d_model, length), length)}
+        for impl in scans:
+            calls[f"step {impl}"] = train_step(make_model("mamba", d_model, length, impl=impl), length)
+            torch.manual_seed(0)
+            calls[f"mixer {impl}"] = mixer_pass(build_mixer("mamba", d_model, d_state=16, impl=impl), d_model, length)
+        if MambaBlock is not None:
+            torch.manual_seed(0)
+            block = MambaBlock(MambaConfig(d_model=d_model, n_layers=1, d_state=16, expand_factor=2, d_conv=4))
+            calls["mambapy"] = mixer_pass(block, d_model, length)
+        t = interleaved(calls, seconds)
+        for impl, scan in scans.items():
+            rows.append({"d_model": d_model, "L": length, "scan": scan, "mamba steps/s": 1 / t[f"step {impl}"],
+                         "transformer steps/s": 1 / t["transformer"],
+                         "mamba/transformer": t["transformer"] / t[f"step {impl}"],
+                         "mixer f+b ms": 1e3 * t[f"mixer {impl}"], "mambapy f+b ms": 1e3 * t.get("mambapy", math.nan),
+                         "× mambapy": t.get("mambapy", math.nan) / t[f"mixer {impl}"]})
+            print(_fmt(pd.DataFrame(rows[-1:])).splitlines()[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def mamba_section(table: pd.DataFrame) -> str:
+    """The report's part on Mamba's scans, with each ratio against its target."""
+    if table.empty:
+        return ""
+    return f"""
+## Mamba's scans against the transformer and mambapy
+
+Targets (issue 19): Mamba's training step ≥ 0.5 × the transformer's steps/s, and its mixer's forward +
+backward ≥ 5 × faster than mambapy's MambaBlock (pure PyTorch, its parallel scan), at batch {BATCH}.
+Here, with the compiled scan: mamba/transformer {_lowest(table, "mamba/transformer")}, × mambapy
+{_lowest(table, "× mambapy")} (lowest over sizes). Every cell of a size was measured interleaved in
+one process on one thread ({ROUNDS} rounds, medians); `chunked` is the PyTorch scan (impl=reference),
+`compiled` the fused CPU scan (impl=fused_cpu, what impl=auto runs on CPU).
+
+{_fmt(table)}
+"""
+
+
+def _lowest(table: pd.DataFrame, column: str) -> str:
+    values = table.loc[table["scan"] == MAMBA_SCANS["fused_cpu"], column].dropna()
+    return f"{values.min():.2f}" if len(values) else "not measured"
+
+
 def _fmt(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".3g")
 
 
-def write_report(table: pd.DataFrame, out: Path, command: str) -> Path:
+def write_report(table: pd.DataFrame, out: Path, command: str, mamba: pd.DataFrame | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cpu = platform.processor() or platform.machine()
     worst = table["harness/bare"].max()
@@ -233,38 +352,83 @@ plus 4 × parameters, for one step at batch {BATCH}.
 
 Figures behind the mixers' design choices (Mamba's CPU scan, NTK-Attention's batched prefix
 product), each with the command that reproduces it: [design-figures.md](design-figures.md).
-"""
+""" + mamba_section(mamba if mamba is not None else pd.DataFrame())
     return atomic_write(out / "README.md", lambda tmp: tmp.write_text(text))
 
 
 def parse_size(spec: str) -> tuple[int, int]:
     """'64x8' -> (d_model, L) = (64, 8); ValueError unless two integers >= 3."""
-    size = tuple(int(v) for v in spec.split("x"))
+    try:
+        size = tuple(int(v) for v in spec.split("x"))
+    except ValueError:
+        size = ()
     if len(size) != 2 or min(size) < 3:
-        raise ValueError(f"bad size {spec!r}")
+        raise ValueError(f"sizes look like 64x8 (d_model x L, both >= 3), got {spec!r}")
     return size
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+def positive_seconds(text: str) -> float:
+    """--seconds: a finite number above zero (nan, inf and negatives would time nothing or forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--seconds must be a finite number above 0, got {text!r}")
+    return value
+
+
+class BadInput(Exception):
+    """A command-line mistake: reported as one `error:` line, exit 2, before anything is measured or written."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print its usage and exit; one line is the contract
+        raise BadInput(message)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The arguments, checked: (args, sizes, Mamba sizes); BadInput names the first problem."""
+    parser = Parser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=mixer_names())
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="d_modelxL, e.g. 64x8")
-    parser.add_argument("--seconds", type=float, default=10.0, help="time per size and architecture")
-    parser.add_argument("--out", default="reports/perf")
+    parser.add_argument("--mamba-sizes", nargs="*", default=list(MAMBA_SIZES),
+                        help="sizes of the Mamba scan rows (none: skip them)")
+    parser.add_argument("--seconds", type=positive_seconds, default=10.0, help="time per size and architecture")
+    parser.add_argument("--out", default="reports/perf", help="folder for README.md (created if missing)")
     args = parser.parse_args(argv)
     unknown = [a for a in args.archs if a not in mixer_names()]
+    if unknown:
+        raise BadInput(f"unknown archs {', '.join(unknown)} (registered: {', '.join(mixer_names())})")
     try:
-        sizes = [parse_size(s) for s in args.sizes]
-        if unknown:
-            raise ValueError
-    except ValueError:
-        print(f"error: sizes must look like 64x8 (d_model x L >= 3) and archs be registered "
-              f"({', '.join(mixer_names())})", file=sys.stderr)
+        sizes, mamba_sizes = [parse_size(s) for s in args.sizes], [parse_size(s) for s in args.mamba_sizes]
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    out = Path(args.out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise BadInput(f"--out {args.out}: {blocking} is a file, not a folder")
+    return args, sizes, mamba_sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, sizes, mamba_sizes = parse(argv)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     table = measure(args.archs, sizes, args.seconds)
-    path = write_report(table, Path(args.out), "python -m bench.perf " + " ".join(argv or sys.argv[1:]))
+    mamba = mamba_table(mamba_sizes, args.seconds)
+    command = "python -m bench.perf " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        path = write_report(table, Path(args.out), command, mamba)
+    except OSError as e:
+        print(f"error: cannot write the report to {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(_fmt(table))
+    if not mamba.empty:
+        print(_fmt(mamba))
     print(f"wrote {path}")
     return 0
 

@@ -7,10 +7,13 @@ the best configuration retrained on every seed, in `workers` processes sharing t
 `results.parquet` with a `stage` column, `history.parquet`, `runs.parquet`, `trials.parquet`,
 `overlap.parquet`, `decay.parquet`, `cka.parquet`, with a mutual stage `mutual.parquet`,
 `mutual_runs.parquet` and `mutual_kl.parquet`, `config.yaml`, `meta.yaml`) -> the report in
-`reports/<study>/` (`bench.report`) -> a summary.
-Rerunning the same command resumes where the study stopped.
+`<out_dir>/report/` or `report_dir=` (`bench.report`) -> a summary.
+Rerunning the same command resumes where the study stopped; rerunning a finished study with
+nothing changed rebuilds nothing and says so (`collect.unchanged`).
 
-Bad input exits with code 2 and one `error: ...` line on stderr, before anything is written.
+Bad input exits with code 2 and one `error: ...` line on stderr, before anything is written; a
+study that cannot go on (out_dir unwritable, every worker lost) or whose report fails exits with 1
+and one `error:` line.
 Flags: `--cfg` prints the resolved config and exits; `--help` lists the studies.
 """
 
@@ -23,11 +26,12 @@ import pandas as pd
 from bench import report
 from bench.cli import entry_point
 from bench.experiment import storage
-from bench.experiment.collect import collect, write_outputs
+from bench.experiment.collect import collect, inputs_digest, unchanged, write_outputs
 from bench.experiment.config import Config, ConfigError, compose_config, study_names, to_yaml
 from bench.experiment.context import resolve_device
 from bench.experiment.pool import mark_study_dir, run_workers
 from bench.experiment.provenance import meta
+from bench.experiment.stages import StudyError, unwritable
 from bench.metrics import ALL, METRICS
 from bench.util import first_line
 
@@ -37,23 +41,48 @@ class ReportError(RuntimeError):
 
 
 def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame] | None:
-    """Run (or resume) both stages of `cfg`, then write its tables and report; None when only searching."""
+    """Run (or resume) both stages of `cfg`, then write its tables and report; None when only
+    searching, or when the tables (and report) in place were built from these same inputs."""
     device = resolve_device(cfg.device)
     mark_study_dir(cfg)
     run_workers(cfg, device)
     if cfg.stage == "search":
         return None
+    inputs = inputs_digest(cfg)
+    if unchanged(cfg, inputs):
+        if not cfg.report or report_current(cfg):
+            where = f"; report in {cfg.report_path}" if cfg.report else ""
+            print(f"study {cfg.name}: nothing changed since the last run (tables in {cfg.output_dir}{where})")
+            return None
+        write_report(cfg)
+        return None
     tables = collect(cfg)
-    write_outputs(cfg, tables, meta(cfg, command, device))
+    try:
+        write_outputs(cfg, tables, {**meta(cfg, command, device), "inputs": inputs})
+    except OSError as e:
+        why = unwritable(cfg.output_dir) or first_line(e)
+        raise StudyError(f"cannot write the tables into out_dir {cfg.output_dir} ({why}); every run is "
+                         f"stored, rerun the same command once it is writable") from e
     if cfg.report:
-        try:
-            readme = report.build_report(cfg.output_dir, cfg.report_path, storage_url=cfg.storage_url,
-                                         study_names=storage.study_names(cfg))
-            print(f"wrote {readme}", flush=True)
-        except Exception as e:  # the tables are written: say so, and how to retry the report alone
-            raise ReportError(f"report not written ({first_line(e)}); the results are in {cfg.output_dir}, "
-                              f"retry with: python -m bench.report study={cfg.name}") from e
+        write_report(cfg)
     return tables
+
+
+def report_current(cfg: Config) -> bool:
+    """Whether the report was built after the tables in out_dir were written."""
+    readme = cfg.report_path / "README.md"
+    return readme.is_file() and readme.stat().st_mtime >= (cfg.output_dir / "meta.yaml").stat().st_mtime
+
+
+def write_report(cfg: Config) -> None:
+    """The study's report from the tables in out_dir; ReportError (the tables stay) when it fails."""
+    try:
+        readme = report.build_report(cfg.output_dir, cfg.report_path, storage_url=cfg.storage_url,
+                                     study_names=storage.study_names(cfg))
+        print(f"wrote {readme}", flush=True)
+    except Exception as e:  # the tables are written: say so, and how to retry the report alone
+        raise ReportError(f"report not written ({first_line(e)}); the results are in {cfg.output_dir}, "
+                          f"retry with: python -m bench.report study={cfg.name}") from e
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -92,13 +121,15 @@ def _run(args: list[str]) -> int:
     print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; {search}final {cfg.train.steps} steps x "
           f"{cfg.train.batch_size} sequences of length {cfg.data.length} on seeds {list(cfg.seeds)}; "
           f"device {device}; {cfg.workers} worker(s); storage {cfg.storage_url}", flush=True)
+    storage.check_reachable(cfg)  # before run_study marks out_dir: an unreachable storage leaves no trace
     try:
         tables = run_study(cfg, "python -m bench.run " + " ".join(args))  # a ConfigError: storage, configuration
-    except ReportError as e:
+    except (ReportError, StudyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if tables is None:
-        print(f"search stage done; trials in {cfg.storage_url}")
+        if cfg.stage == "search":
+            print(f"search stage done; trials in {cfg.storage_url}")
         return 0
     _print_summary(cfg, tables)
     return 0

@@ -106,7 +106,7 @@ def test_backbone_keeps_mamba_initialisation():
         assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5) and dt.std() > 0
         assert torch.equal(m.A_log.detach(), torch.log(torch.arange(1.0, 9)).expand(64, 8))
         assert (m.D == 1).all()
-        assert m.impl_used == "reference"  # CPU
+        assert m.impl_used == "fused_cpu"  # CPU, with the compiled scan
 
 
 @pytest.mark.parametrize(("kw", "word"), [
@@ -146,14 +146,16 @@ def naive_mamba(m: Mamba, x: Tensor) -> Tensor:
     return torch.stack(out, dim=1)
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused_cpu"])
 @pytest.mark.parametrize(("L", "kw"), [(40, {}), (7, {"d_conv": 3, "expand": 1}), (33, {"d_state": 4, "d_conv": 2})])
-def test_layer_matches_equations_written_out(L, kw):
-    m, x = make(16, **kw), randn(2, L, 16)
+def test_layer_matches_equations_written_out(L, kw, impl):
+    m, x = make(16, impl=impl, **kw), randn(2, L, 16)
     torch.testing.assert_close(m(x), naive_mamba(m, x), rtol=0, atol=1e-12)
 
 
-def test_causal_on_the_chunked_path():  # G1 at a length the generic test does not reach (L > 32)
-    m, x = make(), randn(2, 70, 16)
+@pytest.mark.parametrize("impl", ["reference", "fused_cpu"])
+def test_causal_on_the_chunked_path(impl):  # G1 at a length the generic test does not reach (L > 32)
+    m, x = make(impl=impl), randn(2, 70, 16)
     y = m(x)
     for t in (1, 31, 40, 69):
         x2 = x.clone()
@@ -162,9 +164,10 @@ def test_causal_on_the_chunked_path():  # G1 at a length the generic test does n
         assert (y2[:, :t] - y[:, :t]).abs().max() <= 1e-12 and not torch.allclose(y2[:, t], y[:, t])
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused_cpu"])
 @pytest.mark.parametrize("kw", [{}, {"d_conv": 2, "expand": 1}, {"d_conv": 3, "bias": True, "d_state": 5}])
-def test_step_matches_parallel_on_long_sequences(kw):  # M1 / G2 in float64, prefills around d_conv
-    m, x, L = make(**kw), randn(2, 45, 16), 45
+def test_step_matches_parallel_on_long_sequences(kw, impl):  # M1 / G2 in float64, prefills around d_conv
+    m, x, L = make(impl=impl, **kw), randn(2, 45, 16), 45
     y = m(x)
     for p in sorted({0, 1, m.d_conv - 1, m.d_conv, L // 2, L - 1}):
         pre, state = (x.new_empty(2, 0, 16), m.init_state(2)) if p == 0 else m.forward_with_state(x[:, :p])
@@ -276,8 +279,8 @@ def fused_missing() -> str:
     return ops.fused_unavailable(torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0))
 
 
-def test_auto_uses_the_reference_off_cuda():
-    assert make(impl="auto").impl_used == "reference" and make(impl="reference").impl_used == "reference"
+def test_auto_uses_the_compiled_scan_off_cuda():
+    assert make(impl="auto").impl_used == "fused_cpu" and make(impl="reference").impl_used == "reference"
 
 
 @pytest.mark.skipif(not fused_missing(), reason="mamba_ssm's kernels work here")

@@ -2,8 +2,11 @@
 files written here, as collection writes them), the CLI's errors, publishing to the dashboard, and a
 real study end to end (slow)."""
 
+import importlib
 import math
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ FAMILIES = ("lag_1", "lag_2")
 SEEDS = (0, 1, 2)
 N_SEQ, LENGTH = 10, 8
 CKA_LAST = {("lstm", "mamba"): 0.8, ("lstm", "transformer"): 0.4, ("mamba", "transformer"): 0.5}  # last blocks
+publish_module = importlib.import_module("bench.report.publish")  # the package's `publish` is the function
 STUDIES = [name for arch in ARCHS for name in (f"smoke/{arch}", f"smoke/{arch}/final")]  # the Optuna studies
 
 
@@ -265,7 +269,9 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
            "lstm (+0.0 pp) and mamba (+0.0 pp)" in findings
     # published: a note on every study, the README and figures as artifacts of every final study
     printed = capsys.readouterr().out
-    assert "attached the report to 3 final studies" in printed
+    n = len(FIGURES) + 1  # the README and every figure, per final study; the count says both
+    assert f"attached the report to 3 final studies ({n} files each, {3 * n} artifacts in {out / 'artifacts'})" \
+        in printed
     storage = optuna.storages.RDBStorage(cfg.storage_url)
     from optuna_dashboard import get_note
 
@@ -282,6 +288,31 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     assert len(list((out / "artifacts").rglob("*"))) == files
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="smoke/lstm/final",
                                                                         storage=storage))) == len(FIGURES) + 1
+
+
+def test_two_publishes_at_once_leave_one_artifact_per_file(tmp_path, monkeypatch):
+    """Both read the study's artifacts before either uploads, unless they take turns: an upload made
+    slow widens that window, so without the lock every file would be attached twice."""
+    cfg, out = make_study(tmp_path)
+    readme = build_report(out, tmp_path / "report")  # not published yet
+    slow_upload = publish_module.upload_artifact
+
+    def upload(**kwargs):
+        time.sleep(0.05)
+        return slow_upload(**kwargs)
+
+    monkeypatch.setattr(publish_module, "upload_artifact", upload)
+    go = lambda: publish(readme.parent, study="smoke", out_dir=out, storage_url=cfg.storage_url,  # noqa: E731
+                         study_names=STUDIES)
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for arch in ARCHS:
+        metas = optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name=f"smoke/{arch}/final",
+                                                                         storage=cfg.storage_url))
+        assert sorted(m.filename for m in metas) == sorted(["README.md", *FIGURES])
 
 
 def test_missing_decay_and_no_storage_are_said_and_stale_figures_removed(tmp_path):

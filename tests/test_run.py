@@ -165,6 +165,7 @@ def test_bad_input_leaves_an_existing_run_directory_untouched(tmp_path, capsys, 
 def test_a_rerun_rewrites_each_output_whole_and_never_touches_a_foreign_directory(tmp_path, capsys):
     out = run_cli(tmp_path, "study=smoke", *TINY)
     before = (out / "results.parquet").stat().st_mtime_ns
+    (out / "decay.parquet").unlink()  # a table missing: the tables are collected again, not skipped as unchanged
     assert main(["study=smoke", *TINY, f"out_dir={out}"]) == 0
     assert (out / "results.parquet").stat().st_mtime_ns > before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
@@ -218,8 +219,8 @@ def test_a_study_writes_its_report_when_it_ends_and_a_report_failure_keeps_the_r
                                                                                           capsys):
     args = ["study=smoke", *TINY, "archs=[lstm]", "report=true"]
     out = run_cli(tmp_path, *args)
-    readme = tmp_path / "reports" / "smoke" / "README.md"  # reports/<study>, relative to where it ran
-    assert readme.exists() and "lstm" in readme.read_text()
+    readme = out / "report" / "README.md"  # the report follows out_dir unless report_dir says otherwise
+    assert readme.exists() and "lstm" in readme.read_text() and not (tmp_path / "reports").exists()
     assert (out / "decay.parquet").exists() and len(pd.read_parquet(out / "decay.parquet"))
 
     import bench.report
@@ -229,7 +230,8 @@ def test_a_study_writes_its_report_when_it_ends_and_a_report_failure_keeps_the_r
 
     monkeypatch.setattr(bench.report, "build_report", broken)
     capsys.readouterr()
-    assert main([*args, f"out_dir={out}"]) == 1  # resumed (nothing to train), tables rewritten, report fails
+    readme.unlink()  # the tables are current, the report is not: it alone is rebuilt, and fails
+    assert main([*args, f"out_dir={out}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no figures today" in err[0] and "python -m bench.report study=smoke" in err[0]
     assert (out / "results.parquet").exists()

@@ -144,6 +144,46 @@ def test_every_architecture_sees_byte_identical_batches_and_validation_sets(tmp_
     assert {s for (s, _) in worker.ctx.val_cache} == {0, 3}  # one validation cache shared by both archs
 
 
+def test_an_exception_in_a_slot_fails_its_trial_with_the_reason_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
+    real_build, calls = engine.build_model, []
+
+    def broken(mcfg):
+        calls.append(1)
+        if len(calls) in (2, 3):  # the second search trial and the final run
+            raise RuntimeError("boom in build")
+        return real_build(mcfg)
+
+    monkeypatch.setattr(engine, "build_model", broken)
+    out = tmp_path / "out"
+    assert main(["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "[2/3] lstm search t1: failed, boom in build" in printed
+    assert "[3/3] lstm final seed 0: failed, boom in build" in printed
+    table = pd.read_parquet(out / "trials.parquet")
+    assert "RUNNING" not in set(table.state) and (table.state == "FAIL").sum() == 2
+    assert set(table[table.state == "FAIL"].failure_reason) == {"boom in build"}
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert list(runs.status) == ["failed"] and list(runs.reason) == ["boom in build"]
+
+
+def test_an_out_dir_that_becomes_unwritable_mid_run_is_one_error_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    out, real_build, calls = tmp_path / "out", engine.build_model, []
+
+    def vanish(mcfg):  # what root cannot be kept from by permissions: the directory replaced by a file
+        calls.append(1)
+        if len(calls) == 2:
+            out.rename(tmp_path / "moved")
+            out.write_text("not a directory any more")
+        return real_build(mcfg)
+
+    monkeypatch.setattr(engine, "build_model", vanish)
+    assert main(["study=smoke", *TINY, "archs=[lstm]", "search.n_trials=2", f"out_dir={out}"]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write to out_dir {out}") and "resume" in err[0]
+    assert "Traceback" not in captured.out + captured.err
+
+
 def test_a_diverging_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, "archs=[transformer]", "search.n_trials=3")
     real_build, calls = engine.build_model, []
@@ -177,6 +217,32 @@ def test_rerunning_resumes_and_stops_at_exactly_the_configured_counts(tmp_path):
     assert main([*args[:-2], "search.n_trials=3", args[-1]]) == 0  # a larger count adds exactly one trial
     grown = pd.read_parquet(tmp_path / "out" / "trials.parquet")
     assert (grown.stage == "search").sum() == 3 and (grown.stage == "final").sum() == 1
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_study_with_nothing_changed_rebuilds_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+    out, reports = tmp_path / "out", tmp_path / "report"
+    args = ["study=smoke", *TINY, "archs=[lstm,transformer]", "report=true", f"report_dir={reports}",
+            f"out_dir={out}"]
+    start = time.perf_counter()
+    assert main(args) == 0
+    first = time.perf_counter() - start
+    files = [p for d in (out, reports) for p in sorted(d.rglob("*")) if p.is_file()]
+    before = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files}
+    capsys.readouterr()
+
+    def never(*args, **kwargs):
+        raise AssertionError("rebuilt although nothing changed")
+
+    monkeypatch.setattr("bench.run.collect", never)
+    monkeypatch.setattr("bench.report.build_report", never)
+    start = time.perf_counter()
+    assert main(args) == 0
+    assert time.perf_counter() - start < first / 3
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"study smoke: nothing changed since the last run (tables in {out}; report in {reports})"
+    assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files} == before
+    assert sorted(p for d in (out, reports) for p in d.rglob("*") if p.is_file()) == files
 
 
 @pytest.mark.slow
@@ -270,8 +336,40 @@ def test_two_workers_on_sqlite_reach_the_exact_counts(tmp_path):
                                       ("search", "lstm"): 5, ("search", "transformer"): 5}
     runs = pd.read_parquet(out / "runs.parquet")
     assert sorted(runs.seed) == [0, 0, 1, 1] and (runs.status == "ok").all()
-    assert {"[worker 0]", "[worker 1]"} <= {line.split("]")[0] + "]" for line in done.stdout.splitlines()
-                                            if line.startswith("[worker")}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) == 14 and {line.rsplit("(worker ", 1)[1] for line in lines} == {"0)", "1)"}  # both worked
+    assert max(int(line[1:].split("/")[0]) for line in lines) == 14 and all("/14] " in line for line in lines)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The spawned workers of a `bench.run` process (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_lost_worker_leaves_its_slots_to_the_others_and_the_study_ends_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = run_bench(tmp_path, "study=smoke", *TINY, "archs=[transformer,lstm]", "search.n_trials=3",
+                     "search.steps=400", "train.val_every=20", "train.steps=40", "heartbeat=1", "workers=2",
+                     f"out_dir={out}", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill a worker once both are mid-trial (each has a checkpoint)
+        if len(list((out / "checkpoints").rglob("*.pt"))) >= 2 and len(worker_pids(proc.pid)) == 2:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the workers never both had a trial under way")
+    os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    lost = [line for line in output.splitlines() if "was lost" in line]
+    assert len(lost) == 1 and "killed by SIGKILL" in lost[0] and "Traceback" not in output
+    assert counted(out).to_dict() == {("final", "lstm"): 1, ("final", "transformer"): 1,
+                                      ("search", "lstm"): 3, ("search", "transformer"): 3}
+    assert (pd.read_parquet(out / "runs.parquet").status == "ok").all() and (out / "meta.yaml").exists()
+    assert len(pd.read_parquet(out / "results.parquet"))
 
 
 POSTGRES = os.environ.get("ARCHBENCH_TEST_POSTGRES", "postgresql+psycopg2://archbench:archbench@127.0.0.1:5432/archbench")

@@ -2,6 +2,7 @@
 nothing at all with tracking=none. The offline run files are checked for the logged keys (wandb's
 record format is protobuf, whose field names and strings appear verbatim in the file)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from bench.run import main
 TINY = ["study=smoke", "archs=[lstm]", "train.steps=6", "train.val_every=3", "train.batch_size=8",
         "data.test_per_family=4", "data.val_size=8", "model.d_model=16", "model.num_layers=1", "progress=false",
         "search.steps=6", "search.space.d_model=[16,32]", "search.space.num_layers=[1,2]", "report=false"]
+ENV_BEFORE = dict(os.environ)
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: any attempt to reach W&B fails at once
 
 
@@ -52,12 +54,28 @@ def test_mode_rules(tmp_path, monkeypatch, unconfigured):
     assert tracking.wandb_mode() == "offline"
 
 
+def test_wandb_folders_point_into_out_dir_while_a_run_lasts(tmp_path, monkeypatch):
+    for key in tracking.WANDB_DIRS:
+        monkeypatch.delenv(key, raising=False)  # monkeypatch restores whatever was there
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "mine"))  # the user's own choice wins
+    out = tmp_path / "out"
+    previous = tracking.point_wandb_into(out)
+    assert os.environ["WANDB_DIR"] == str(out.resolve()) and os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "mine")
+    for key in ("WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR"):
+        assert Path(os.environ[key]).is_relative_to(out.resolve() / "wandb") and Path(os.environ[key]).is_dir()
+    tracking.restore_env(previous)
+    assert not {"WANDB_DIR", "WANDB_CONFIG_DIR", "TMPDIR"} & set(os.environ)
+    assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "mine")
+
+
 @pytest.mark.slow
 def test_offline_by_default_one_run_per_trial_and_final_run(tmp_path, unconfigured):
     out = tmp_path / "out"
     assert main([*TINY, "search.n_trials=2", "seeds=[0,1]", f"out_dir={out}"]) == 0
     runs = offline_runs(out)
     assert len(runs) == 4  # two search trials, two final runs
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # wandb wrote nothing beside out_dir (the cwd here)
+    assert not {"WANDB_DIR", "WANDB_CACHE_DIR", "TMPDIR"} & set(os.environ) - set(ENV_BEFORE)  # restored
     trials = pd.read_parquet(out / "trials.parquet")
     assert set(trials.wandb_run_id) == {r.name.rsplit("-", 1)[1] for r in runs}  # trial -> its W&B run
     for stage, n in (("search", 2), ("final", 2)):

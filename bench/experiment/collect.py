@@ -10,35 +10,50 @@
     cka_floor.parquet what two unrelated random embeddings score on the same probe (per d_model)
     mutual.parquet, mutual_runs.parquet, mutual_kl.parquet   with a mutual stage
 
-`write_outputs` swaps them into out_dir with config.yaml and meta.yaml (last).
+`write_outputs` swaps them into out_dir with config.yaml and meta.yaml (last); meta.yaml's `inputs`
+is the digest of what they were computed from (`inputs_digest`), so a rerun with nothing changed
+finds them current (`unchanged`) and rebuilds nothing.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bench.analysis import memory_decay
 from bench.analysis.cka import cka_table, embedding_floor
 from bench.data import SequenceSet, TrainStream, seen_in_training
 from bench.experiment.config import Config, to_yaml
-from bench.experiment.context import Context
+from bench.experiment.context import Context, probe_tokens
 from bench.experiment.records import RunFiles, RunRecord, runs_table
 from bench.experiment.search import SIZE_KEYS, model_config
-from bench.experiment.storage import final_name, is_finished, mutual_name, open_storage, search_name
+from bench.experiment.storage import (
+    digest,
+    final_name,
+    is_finished,
+    mutual_name,
+    open_storage,
+    search_name,
+    study_names,
+)
 from bench.metrics import evaluate_baselines
 from bench.models import build_model
 from bench.util import atomic_write
 
-PROBE_SEQUENCES = 256  # test sequences the memory-decay and CKA probes average over (spread over every family)
 CKA_COLUMNS = ["study", "seed", "seed_b", "arch_a", "layer_a", "arch_b", "layer_b", "cka", "n"]
+TABLES = ("results", "history", "runs", "trials", "overlap", "decay", "cka", "cka_floor")
+MUTUAL_TABLES = ("mutual", "mutual_runs", "mutual_kl")
+# how a study is run, not what it computes: a change to these alone leaves the tables as they are
+RUN_ONLY_KEYS = ("threads", "progress", "workers", "heartbeat", "device", "tracking", "wandb_project", "report",
+                 "report_dir", "stage")
 
 
 def _read_runs(cfg: Config, seed: int, stage: str) -> list[tuple[RunRecord, RunFiles]]:
@@ -115,8 +130,9 @@ def agreement(cfg: Config, test: SequenceSet, runs: list[RunRecord]) -> pd.DataF
 
 def decay_table(cfg: Config, test: SequenceSet, runs: list[RunRecord]) -> pd.DataFrame:
     """Memory-decay curves (`bench.analysis.memory_decay`) of every final model that trained, probed
-    on the same test sequences. Each model's curve is computed once, from its stored weights, and
-    kept beside its results (final/<arch>-seed<s>.decay.parquet)."""
+    on the same test sequences. Each model's curve is computed once and kept beside its results
+    (final/<arch>-seed<s>.decay.parquet): by the worker that trained it (`trial.write_final`, in
+    parallel), else here from its stored weights."""
     tokens = probe_tokens(test)  # the probe reads the prediction of the last value
     frames = []
     for run in runs:
@@ -129,13 +145,6 @@ def decay_table(cfg: Config, test: SequenceSet, runs: list[RunRecord]) -> pd.Dat
         frames.append(pd.read_parquet(files.decay).assign(study=cfg.name, arch=run.arch, seed=run.seed))
     cols = ["study", "arch", "seed", "variant", "k", "value", "n"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
-
-
-def probe_tokens(test: SequenceSet) -> torch.Tensor:
-    """The inputs (N, L-1) of the PROBE_SEQUENCES test sequences every probe of the final models uses:
-    spread evenly over the test set, hence over every family."""
-    index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
-    return test.seqs[index, :-1]
 
 
 def stored_model(cfg: Config, run: RunRecord) -> torch.nn.Module:
@@ -211,6 +220,31 @@ def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
     ids = ["arch", "seed", "step", "tokens", "epoch"]
     long = wide.melt(id_vars=ids, var_name="metric", value_name="value").assign(study=study)
     return long[["study", *ids, "metric", "value"]]
+
+
+def inputs_digest(cfg: Config) -> str:
+    """What the tables are computed from: the configuration (less RUN_ONLY_KEYS) and every trial of
+    every stage (number, state, value, completion time); equal digests, equal tables."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS}
+    storage = open_storage(cfg)
+    names = set(optuna.get_all_study_names(storage))
+    trials = {name: [(t.number, t.state.name, t.value, str(t.datetime_complete))
+                     for t in storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)]
+              for name in study_names(cfg) if name in names}
+    return digest({"config": config, "trials": trials})
+
+
+def unchanged(cfg: Config, inputs: str) -> bool:
+    """Whether out_dir holds every table, collected (meta.yaml's `inputs`) from these same inputs."""
+    meta = cfg.output_dir / "meta.yaml"
+    names = TABLES + (MUTUAL_TABLES if cfg.mutual.weight is not None else ())
+    if not meta.is_file() or not all((cfg.output_dir / f"{n}.parquet").is_file() for n in names):
+        return False
+    try:
+        stored = OmegaConf.load(meta)
+    except Exception:  # noqa: BLE001 - an unreadable meta.yaml is one more reason to collect afresh
+        return False
+    return isinstance(stored, DictConfig) and stored.get("inputs") == inputs
 
 
 def write_outputs(cfg: Config, tables: dict[str, pd.DataFrame], meta: dict) -> None:

@@ -4,14 +4,16 @@
 The schema is a tree of dataclasses registered with Hydra's ConfigStore, so an unknown key (on the
 command line or in a study file) and a value of the wrong type are rejected while composing.
 `validate` then checks the semantic rules (powers of two, d_state <= d_model, positive budgets,
-known architectures and families) and raises `ConfigError` with one line naming the problem.
+known architectures and families; with `bench.experiment.checks`: finite numbers of sane size, a
+model that fits in memory, the storage URL's driver, writable out_dir and report_dir, WANDB_MODE)
+and raises `ConfigError` with one line naming the problem. Only the study in use is read
+(`bench.experiment.studyfile`): a mistake in its file is named with the file, line and key.
 `model` is the backbone's own `bench.models.ModelConfig`: its `arch` and `max_len` are set per
 architecture and from `data.length` (`Config.model_config`), never by the user.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -25,16 +27,25 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bench.data.base import MIN_LENGTH
 from bench.data.curriculum import EVAL_SEED, Curriculum
-from bench.models import ModelConfig, build_model, mixer_defaults, mixer_names
+from bench.experiment.checks import (
+    STUDY_MARKER,
+    ConfigError,
+    check_memory,
+    check_numbers,
+    check_out_dir,
+    check_storage_url,
+    check_wandb_mode,
+    check_writable_dir,
+)
+from bench.experiment.studyfile import load_study_file
+from bench.models import ModelConfig, mixer_defaults, mixer_names
 from bench.train import TrainConfig
 from bench.util import first_line
 
-STUDY_MARKER = ".archbench-study"  # written into out_dir when a study starts
 DERIVED_MODEL_KEYS = ("arch", "max_len")  # set per architecture and from data.length, never by the user
 
-
-class ConfigError(ValueError):
-    """A configuration problem a user must fix; the CLI prints it as one `error:` line, exit 2."""
+__all__ = ["STUDY_MARKER", "Config", "ConfigError", "check_out_dir", "compose_config", "study_names", "to_yaml",
+           "validate"]
 
 
 @dataclass
@@ -114,8 +125,8 @@ class Config:
     iso_target: int | None = None  # that budget; null = the median over architectures at `model`'s sizes
     tracking: str = "wandb"  # wandb | none: one W&B run per trial and final run (offline unless configured)
     wandb_project: str = "archbench"
-    report: bool = True  # write reports/<name>/ when the study ends (python -m bench.report does it on demand)
-    report_dir: str | None = None  # null = reports/<name>
+    report: bool = True  # write the report when the study ends (python -m bench.report does it on demand)
+    report_dir: str | None = None  # null = <out_dir>/report; the committed reports/<name>/ only when named here
     mutual: MutualConfig = field(default_factory=MutualConfig)
 
     @property
@@ -137,7 +148,7 @@ class Config:
 
     @property
     def report_path(self) -> Path:
-        return Path(self.report_dir) if self.report_dir else Path("reports") / self.name
+        return Path(self.report_dir) if self.report_dir else self.output_dir / "report"
 
     @property
     def storage_url(self) -> str:
@@ -162,12 +173,13 @@ def study_names() -> list[str]:
     return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
 
 
-@functools.cache
-def _register_configs() -> None:
+def _register_configs(study: str) -> None:
+    """The schema and the one study in use (read and checked now, so a broken file elsewhere in the
+    folder, or an edit since the last command in this process, is never a surprise)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for path in sorted(STUDIES_DIR.glob("*.yaml")):
-        cs.store(group="study", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    node = load_study_file(STUDIES_DIR / f"{study}.yaml", Config)
+    cs.store(group="study", name=study, node=node, package="_global_")
 
 
 def _derived_key_error(key: str) -> ConfigError:
@@ -193,7 +205,7 @@ def compose_config(overrides: list[str]) -> Config:
     if study not in study_names():
         raise ConfigError(f"unknown study '{study}' (available: {', '.join(study_names())})")
     overrides = [*overrides, f"name={study}"]
-    _register_configs()
+    _register_configs(study)
     try:
         with initialize_config_module(config_module="bench.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
@@ -205,6 +217,8 @@ def compose_config(overrides: list[str]) -> Config:
         raise ConfigError(f"bad override: {first_line(e)}") from None
     except ValueError as e:  # Hydra raises plain ValueErrors for some malformed overrides ('=5', '@x=1')
         raise ConfigError(f"malformed override: {first_line(e)}") from None
+    except OSError as e:  # Hydra looks a key up as a file name too: one past NAME_MAX fails there
+        raise ConfigError(f"bad override: not a key of the configuration ({e.strerror})") from None
     try:
         return validate(cfg)
     except OmegaConfBaseException as e:
@@ -243,6 +257,7 @@ def validate(cfg: DictConfig | Config) -> Config:
         except ValueError as e:  # bench.models.ModelConfig refusing a value in its __post_init__
             raise ConfigError(f"model: {first_line(e)}") from None
     assert isinstance(cfg, Config)
+    check_numbers(cfg)
     unknown = [a for a in cfg.arch_list if a not in mixer_names()]
     if unknown:
         raise ConfigError(f"unknown architecture '{unknown[0]}' (registered: {', '.join(mixer_names())})")
@@ -256,15 +271,38 @@ def validate(cfg: DictConfig | Config) -> Config:
     _validate_model(cfg)
     _validate_train(cfg)
     _validate_data(cfg)
-    for arch in cfg.arch_list:  # build one block of each: heads not dividing d_model, unknown knobs, sizes
-        try:
-            build_model(replace(cfg.model_config(arch), num_layers=min(cfg.model.num_layers, 1)))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model ({arch}): {e}") from None
     _validate_search(cfg)
+    _validate_memory(cfg)
     _validate_engine(cfg)
     check_out_dir(cfg.output_dir)
+    if cfg.report:
+        check_writable_dir(cfg.report_path, "report_dir")
     return cfg
+
+
+def _validate_memory(cfg: Config) -> None:
+    """Build each architecture on the meta device (heads not dividing d_model, unknown knobs: the
+    model's own refusals) and check its memory estimate, at `model`'s sizes and, with a search, at
+    the space's largest (a draw the model itself refuses there is the search's to skip)."""
+    sp, t = cfg.search.space, cfg.train
+    largest = dict(d_model=sp.d_model[1], num_layers=sp.num_layers[1], d_state=min(sp.d_state[1], sp.d_model[1]),
+                   d_conv=sp.d_conv[1], expand=max(sp.expand))
+    for arch in cfg.arch_list:
+        try:
+            check_memory(cfg.model_config(arch), "model.d_model/num_layers/d_state", t.batch_size, cfg.data.length,
+                         cfg.memory_budget, cfg.device)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model ({arch}): {e}") from None
+        if cfg.search.n_trials:
+            try:
+                check_memory(replace(cfg.model_config(arch), **largest), "search.space's largest sizes", t.batch_size,
+                             cfg.data.length, cfg.memory_budget, cfg.device)
+            except ConfigError:
+                raise
+            except (TypeError, ValueError):
+                continue
 
 
 def _validate_model(cfg: Config) -> None:
@@ -357,26 +395,7 @@ def _validate_engine(cfg: Config) -> None:
     if cfg.storage is not None and "://" not in cfg.storage:
         raise ConfigError(f"storage must be an Optuna RDB URL such as sqlite:///path.db or "
                           f"postgresql+psycopg2://user:pw@host/db, got '{cfg.storage}'")
-
-
-def check_out_dir(path: Path) -> None:
-    """Fail early (before any training), creating nothing, unless results can be swapped into `path`.
-
-    Outputs are written beside `path` and renamed into place, so its parent must be writable; an
-    existing `path` must be a study's directory (it holds the STUDY_MARKER written when a study
-    starts, or an older run's meta.yaml) or empty, so that a user's own directory is never touched.
-    """
-    path = path.resolve()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"out_dir '{path}' exists and is not a directory")
-        if any(path.iterdir()) and not any((path / f).is_file() for f in (STUDY_MARKER, "meta.yaml")):
-            raise ConfigError(f"out_dir '{path}' is a non-empty directory that holds no earlier study "
-                              f"(no {STUDY_MARKER})")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"out_dir '{path}' is not writable: '{probe}' is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir '{path}' is not writable (no permission on '{probe}')")
+    if cfg.storage is not None:
+        check_storage_url(cfg.storage)
+    if cfg.tracking == "wandb":
+        check_wandb_mode()

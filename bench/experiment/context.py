@@ -13,6 +13,8 @@ from bench.experiment.config import Config, ConfigError
 from bench.metrics import score_logits
 from bench.train import distance_weighted_ce
 
+PROBE_SEQUENCES = 256  # test sequences the memory-decay and CKA probes average over (spread over every family)
+
 
 def resolve_device(name: str) -> torch.device:
     """`device=auto` is CUDA when there is one; asking for CUDA without it is a ConfigError."""
@@ -21,6 +23,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available")
     return torch.device(name)
+
+
+def probe_tokens(test: SequenceSet) -> torch.Tensor:
+    """The inputs (N, L-1) of the PROBE_SEQUENCES test sequences every probe of the final models uses:
+    spread evenly over the test set, hence over every family."""
+    index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
+    return test.seqs[index, :-1]
 
 
 @dataclass

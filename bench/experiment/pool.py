@@ -1,29 +1,42 @@
-"""The study's workers: one in this process, or `workers` spawned processes sharing the storage,
-with one progress line for the whole study read from that storage."""
+"""The study's workers: one in this process, or `workers` spawned processes sharing the storage.
+
+Every finished slot prints one line, `[done/total] <arch> <stage> <trial or seed>: <status>, <metric>`,
+its count read from the storage, so each worker's lines count the whole study's slots. The parent of
+spawned workers only waits for them (no polling). A worker that dies (killed, out of memory) leaves
+its trial to go stale and be retried by the others (`storage`: heartbeats); when every slot finished
+anyway, the parent says in one line that a worker was lost and the study goes on; when slots remain
+because every worker stopped, it is a `StudyError`.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import platform
-import time
+import signal
+import sys
 from collections.abc import Callable
+from dataclasses import replace
+from multiprocessing.connection import Connection
 
 import optuna
 import torch
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
-from bench.experiment.config import STUDY_MARKER, Config
-from bench.experiment.storage import final_name, is_finished, mutual_name, open_storage, search_name
+from bench.experiment.config import STUDY_MARKER, Config, ConfigError
+from bench.experiment.stages import StudyError
+from bench.experiment.storage import final_name, is_finished, load_study, mutual_name, open_storage, search_name
 from bench.experiment.worker import Worker
+from bench.util import first_line
 
 
 def mark_study_dir(cfg: Config) -> None:
-    """Mark out_dir as a study's directory (`check_out_dir` then lets later runs write into it)."""
+    """Mark out_dir as a study's directory (`check_out_dir` then lets later runs write into it); an
+    existing mark is left as it is."""
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.output_dir / STUDY_MARKER).touch()
+    marker = cfg.output_dir / STUDY_MARKER
+    if not marker.exists():
+        marker.touch()
 
 
 def worker_tag(cfg: Config, index: int) -> str:
@@ -31,66 +44,106 @@ def worker_tag(cfg: Config, index: int) -> str:
     return f"{index}" if cfg.storage is None else f"{index}@{platform.node()}:{os.getpid()}"
 
 
-def worker_main(cfg: Config, device: str, index: int) -> None:
-    """Entry point of a spawned worker process."""
-    torch.set_num_threads(cfg.threads)
-    prefix = f"[worker {index}] "
-    Worker(cfg, torch.device(device), log=lambda m: print(prefix + m, flush=True), tag=worker_tag(cfg, index)).run()
+def slots(cfg: Config) -> list[tuple[str, int]]:
+    """(Optuna study name, slots) of every stage this run works on (`cfg.stage`)."""
+    out = []
+    if cfg.stage in ("all", "search"):
+        out += [(search_name(cfg, arch), cfg.search.n_trials) for arch in cfg.arch_list]
+    if cfg.stage in ("all", "final"):
+        out += [(final_name(cfg, arch), len(cfg.seeds)) for arch in cfg.arch_list]
+        out += [(mutual_name(cfg), len(cfg.seeds))] if cfg.mutual.weight is not None else []
+    return out
 
 
-def progress(cfg: Config, storage: RDBStorage) -> tuple[int, int, dict[str, float]]:
-    """(finished slots, total slots, best search value per architecture) read from the storage."""
-    done, total, best = 0, 0, {}
-    names = optuna.get_all_study_names(storage)
-    slots = [(arch, name, n) for arch in cfg.arch_list
-             for name, n in ((search_name(cfg, arch), cfg.search.n_trials), (final_name(cfg, arch), len(cfg.seeds)))]
-    if cfg.mutual.weight is not None:
-        slots.append((None, mutual_name(cfg), len(cfg.seeds)))
-    for arch, name, n in slots:
+def progress(cfg: Config, storage: RDBStorage) -> tuple[int, int]:
+    """(finished slots, total slots) of this run's stages, read from the storage."""
+    names, done, total = set(optuna.get_all_study_names(storage)), 0, 0
+    for name, n in slots(cfg):
         total += n
-        if name not in names or n == 0:
-            continue
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-        done += min(n, sum(is_finished(t) for t in trials))
-        if arch is not None and name == search_name(cfg, arch):
-            values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-            if values:
-                best[arch] = min(values)
-    return done, total, best
+        if name in names and n:
+            trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+            done += min(n, sum(is_finished(t) for t in trials))
+    return done, total
 
 
-def study_logger(cfg: Config, storage: RDBStorage) -> Callable[[str], None]:
-    """One line per finished trial, prefixed by the study's progress (done/total, best per arch)."""
+def study_logger(cfg: Config, storage: RDBStorage, worker: int | None = None) -> Callable[[str], None]:
+    """One line per finished slot, prefixed by the study's [done/total] (and suffixed by the worker
+    that ran it, with several)."""
+    suffix = f" (worker {worker})" if worker is not None else ""
+
     def log(message: str) -> None:
-        done, total, best = progress(cfg, storage)
-        tail = " ".join(f"{a}={v:.3f}" for a, v in best.items())
-        print(f"[{done}/{total}{' best ' + tail if tail else ''}] {message}", flush=True)
+        done, total = progress(cfg, storage)
+        print(f"[{done}/{total}] {message}{suffix}", flush=True)
     return log
+
+
+def worker_main(cfg: Config, device: str, index: int, errors: Connection) -> None:
+    """Entry point of a spawned worker process: a failure it can name goes to the parent (one
+    line), never a traceback. Training bars are off: several would overwrite each other."""
+    torch.set_num_threads(cfg.threads)
+    try:
+        storage = open_storage(cfg)
+        Worker(replace(cfg, progress=False), torch.device(device), log=study_logger(cfg, storage, index),
+               tag=worker_tag(cfg, index)).run()
+    except Exception as e:  # noqa: BLE001 - reported by the parent, which decides the exit code
+        errors.send((type(e).__name__, first_line(e)))
+        sys.exit(1)
+
+
+def check_stages(cfg: Config, storage: RDBStorage) -> None:
+    """Load (or create) each stage's study: one run under another configuration is refused here,
+    in this process, before any worker starts."""
+    for name, _ in slots(cfg):
+        load_study(storage, cfg, name)
 
 
 def run_workers(cfg: Config, device: torch.device) -> None:
     """Run the study's workers: in this process for workers=1, else N spawned processes (one torch
-    thread each), while this process shows one progress line for the whole study."""
+    thread each) that this process waits for. Nothing starts when every slot is finished."""
     storage = open_storage(cfg)
+    check_stages(cfg, storage)
+    done, total = progress(cfg, storage)
+    if done >= total:
+        return
     if cfg.workers == 1:
         torch.set_num_threads(cfg.threads)
         Worker(cfg, device, log=study_logger(cfg, storage), tag=worker_tag(cfg, 0)).run()
         return
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(cfg, str(device), i), daemon=False) for i in range(cfg.workers)]
+    pipes = [ctx.Pipe(duplex=False) for _ in range(cfg.workers)]  # (read, write): a worker's one-line error
+    procs = [ctx.Process(target=worker_main, args=(cfg, str(device), i, pipes[i][1])) for i in range(cfg.workers)]
     for p in procs:
         p.start()
-    bar = tqdm(desc=f"study {cfg.name}", unit="run", disable=None if cfg.progress else True, dynamic_ncols=True)
-    try:
-        while any(p.is_alive() for p in procs):
-            done, total, best = progress(cfg, storage)
-            bar.total, bar.n = total, done
-            bar.set_postfix_str(" ".join(f"{a}={v:.3f}" for a, v in best.items()))
-            time.sleep(2)
-    finally:
-        bar.close()
-        for p in procs:
-            p.join()
-    bad = [p.exitcode for p in procs if p.exitcode]
-    if bad:
-        raise RuntimeError(f"{len(bad)} of {cfg.workers} workers exited with an error (exit codes {bad})")
+    for p in procs:
+        p.join()
+    lost = {i: p.exitcode for i, p in enumerate(procs) if p.exitcode}
+    reasons = {i: pipes[i][0].recv() for i in lost if pipes[i][0].poll()}
+    for read, write in pipes:
+        read.close()
+        write.close()
+    if lost:
+        after_loss(cfg, storage, lost, reasons)
+
+
+def after_loss(cfg: Config, storage: RDBStorage, lost: dict[int, int], reasons: dict[int, tuple[str, str]]) -> None:
+    """Workers that stopped early: one line when the others finished every slot; otherwise the first
+    worker's own error (ConfigError: bad input, exit 2), else a StudyError naming what is left."""
+    done, total = progress(cfg, storage)
+    if done >= total:
+        said = "; ".join(f"worker {i} was lost ({_why(code, reasons.get(i))})" for i, code in lost.items())
+        print(f"warning: {said}; the other workers finished its slots", file=sys.stderr, flush=True)
+        return
+    if reasons:
+        kind, message = next(iter(reasons.values()))
+        raise (ConfigError if kind == "ConfigError" else StudyError)(message)
+    said = ", ".join(f"worker {i}: {_why(code, None)}" for i, code in lost.items())
+    raise StudyError(f"{total - done} of {total} slots unfinished: every worker stopped ({said}); rerun the "
+                     f"same command to resume")
+
+
+def _why(code: int, reason: tuple[str, str] | None) -> str:
+    if reason is not None:
+        return reason[1]
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -8,13 +8,19 @@ Mutual: every architecture's final configuration trained jointly on the slot's s
 (`bench.mutual`: own loss + weight x the mean KL from the others' predictions); each member's
 files sit beside the final runs' (`final/<arch>-seed<s>-mutual.*`).
 A final or mutual run that cannot train (no completed search trial, over the memory budget,
-diverged, out of memory) is closed as failed with its reason; the study goes on.
+diverged, out of memory) is closed as failed with its reason; the study goes on. So is a slot whose
+work raised anything else (`Stages.failed`), unless out_dir can no longer be written: then the study
+stops (`StudyError`), its trial left for a resumed run to retry.
+Each finished slot logs one line: `<arch> <stage> <trial or seed>: <status>, <metric or reason>`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,9 +30,9 @@ from optuna.trial import TrialState
 
 from bench.experiment.config import Config
 from bench.experiment.context import Context
-from bench.experiment.records import RunRecord, stem
+from bench.experiment.records import RunFiles, RunRecord, stem
 from bench.experiment.search import defaults, iso_params, iso_target, suggest, trial_config
-from bench.experiment.storage import live_trials, load_study, search_name
+from bench.experiment.storage import frozen, live_trials, load_study, search_name
 from bench.experiment.tracking import NullRun, WandbRun, start_run
 from bench.experiment.trial import Trained, build, is_oom, joint_outcome, plan, run_trial, write_final
 from bench.mutual import rng_state, train_mutual
@@ -38,6 +44,28 @@ PARAM_KEYS = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")  # w
 
 class NoConfiguration(RuntimeError):
     """The search left nothing to retrain; the final runs are recorded as failed with this reason."""
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (out_dir unwritable, the storage failing, every worker lost): one
+    `error:` line and exit 1; rerunning the same command resumes it."""
+
+
+def unwritable(path: Path) -> str | None:
+    """Why no new file can be created in `path` (None when one can), found by creating one: the
+    only test that holds for root, read-only mounts and a directory replaced by a file alike."""
+    probe = Path(path) / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def summary_line(arch: str, stage: str, label: str, status: str, detail: str = "") -> str:
+    """What a finished slot logs: `mamba search t3: complete, val_loss 2.913`."""
+    return f"{arch} {stage} {label}: {status}" + (f", {detail}" if detail else "")
 
 
 def best_params(cfg: Config, storage: RDBStorage, arch: str) -> tuple[dict[str, Any], int | None]:
@@ -106,16 +134,15 @@ class Stages:
             except ValueError as e:
                 trial.set_user_attr("pruned_reason", str(e))
                 study.tell(trial, state=TrialState.PRUNED)
-                self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: pruned ({e})")
+                self.log(summary_line(arch, "search", f"t{trial.number}", "pruned", str(e)))
                 return
         steps = cfg.search.steps or cfg.train.steps
         run = self.tracked("search", arch, trial, cfg.search.seed, params)
         out = run_trial(self.ctx, "search", arch, study, trial, params, cfg.search.seed, steps, prune=True, run=run)
         study.tell(trial, out.value if out.state == TrialState.COMPLETE else None, state=out.state)
         rec = out.record
-        why = rec.pruned_reason or rec.failure_reason or f"val_loss {out.value:.4f}"
         run.finish({**rec.attrs(), "state": out.state.name.lower(), "value": out.value}, failure=rec.failure_reason)
-        self.log(f"{study.study_name} trial {slot + 1}/{cfg.search.n_trials}: {out.state.name.lower()} ({why})")
+        self.log(summary_line(arch, "search", f"t{trial.number}", out.state.name.lower(), search_detail(out)))
 
     def final_run(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
         cfg = self.cfg
@@ -165,11 +192,9 @@ class Stages:
             trial.set_user_attr("failure_reason", f"fewer than two architectures left to train jointly "
                                                   f"({', '.join(a for a, _ in failed)} failed)")
             study.tell(trial, state=TrialState.FAIL)
-            self.log(f"{study.study_name} seed {seed}: failed ({trial.user_attrs['failure_reason']})")
+            self.log(summary_line("cohort", "mutual", f"seed {seed}", "failed", trial.user_attrs["failure_reason"]))
             return
         runs = [self.tracked("mutual", m.arch, trial, seed, m.params) for m in members]
-        self.log(f"{study.study_name} seed {seed}: training {', '.join(m.arch for m in members)} jointly "
-                 f"(KL weight {weight})")
         try:
             results = train_mutual([m.model for m in members], [m.tcfg.train for m in members], ctx.stream(seed),
                                    [ctx.validator(seed)] * len(members), weight, ctx.curriculum.final_epoch(),
@@ -188,7 +213,8 @@ class Stages:
         else:
             trial.set_user_attr("failure_reason", "every member of the cohort failed")
             study.tell(trial, state=TrialState.FAIL)
-        self.log(f"{study.study_name} seed {seed}: {len(values)}/{len(cfg.arch_list)} architectures ok")
+        self.log(summary_line("cohort", "mutual", f"seed {seed}", "ok" if values else "failed",
+                              f"{len(values)}/{len(cfg.arch_list)} architectures trained"))
 
     def write_member(self, trial: optuna.Trial, run: NullRun | WandbRun, source: int | None, out: Trained) -> None:
         """A mutual-stage member's outputs, as a final run's, under final/<arch>-seed<s>-mutual.*."""
@@ -217,5 +243,52 @@ class Stages:
             state = TrialState.FAIL
         study.tell(trial, out.value if state == TrialState.COMPLETE else None, state=state)
         acc = record.val_accuracy
-        self.log(f"{study.study_name} seed {record.seed}: {record.status}"
-                 + (f" (val accuracy {acc:.3f})" if acc is not None else f" ({record.reason})"))
+        detail = f"val_accuracy {acc:.3f}" if record.status == "ok" and acc is not None else record.reason
+        self.log(summary_line(record.arch, "final", f"seed {record.seed}", record.status, detail))
+
+    def failed(self, study: optuna.Study, trial: optuna.Trial, stage: str, arch: str | None, slot: int,
+               error: Exception) -> None:
+        """A slot whose work raised `error`. When out_dir cannot be written, every later slot would
+        fail alike: the trial is abandoned (failed without a reason, so a resumed run retries its slot)
+        and the study stops (StudyError naming the directory). Otherwise the trial fails with the
+        error as its reason, a final run's or cohort's files saying the same, and the study goes on."""
+        cfg, reason = self.cfg, first_line(error)
+        why = unwritable(cfg.output_dir)
+        if why is not None:
+            with contextlib.suppress(Exception):  # the storage may sit in that directory: heartbeats retry it then
+                study.tell(trial, state=TrialState.FAIL)
+            raise StudyError(f"cannot write to out_dir {cfg.output_dir} ({why}): the study stopped with trial "
+                             f"{trial.number} of {study.study_name} unfinished ({reason}); rerun the same "
+                             f"command to resume once it is writable") from error
+        seed = cfg.seeds[slot] if stage != "search" else cfg.search.seed
+        try:
+            state = frozen(trial).state  # told already (the error came after): its outcome stands
+            if state == TrialState.RUNNING:
+                self._record_failure(trial, stage, arch, seed, reason)
+                trial.set_user_attr("failure_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+        except Exception as e:
+            raise StudyError(f"could not record the failure of trial {trial.number} of {study.study_name} "
+                             f"({reason}): {first_line(e)}") from e
+        label = f"t{trial.number}" if stage == "search" else f"seed {seed}"
+        status = "failed" if state == TrialState.RUNNING else f"{state.name.lower()}, then an error"
+        self.log(summary_line(arch or "cohort", stage, label, status, reason))
+
+    def _record_failure(self, trial: optuna.Trial, stage: str, arch: str | None, seed: int, reason: str) -> None:
+        """A failed final run's files, or each cohort member's, so the tables hold every slot."""
+        if stage == "search":
+            return
+        for a in [arch] if stage == "final" else self.cfg.arch_list:
+            record = RunRecord(study=self.cfg.name, stage=stage, arch=a, seed=seed, failure_reason=reason,
+                               status="failed", reason=reason, trial=trial.number, device=str(self.ctx.device))
+            RunFiles(self.cfg.output_dir, a, seed, stage).write(record, [], None, None)
+
+
+def search_detail(out: Trained) -> str:
+    """A finished search trial's metric: its objective, or where and why it stopped."""
+    rec = out.record
+    if out.state == TrialState.COMPLETE:
+        return f"val_loss {out.value:.3f}"
+    if out.state == TrialState.PRUNED and rec.val_loss is not None and rec.steps:
+        return f"val_loss {rec.val_loss:.3f} at step {rec.steps}, behind the median"
+    return rec.pruned_reason or rec.failure_reason or ""

@@ -22,11 +22,15 @@ import json
 import threading
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from bench.experiment.config import DERIVED_MODEL_KEYS, Config, ConfigError
 from bench.util import first_line
@@ -70,7 +74,32 @@ def open_storage(cfg: Config) -> RDBStorage:
             engine_kwargs={"pool_pre_ping": True} if not cfg.storage_url.startswith("sqlite") else None,
         )
     except Exception as e:  # SQLAlchemy's OperationalError, a missing driver, a bad URL
-        raise ConfigError(f"storage '{cfg.storage_url}' is unreachable: {first_line(e)}") from None
+        shown = make_url(cfg.storage_url).render_as_string(hide_password=True)
+        raise ConfigError(f"storage '{shown}' is unreachable: {first_line(e)}") from None
+
+
+def check_reachable(cfg: Config, timeout_s: int = 10) -> None:
+    """Connect once to a user-given storage before anything is written (out_dir, its marker), so an
+    unreachable server or a missing SQLite folder is one error line and leaves no trace. The default
+    storage is a SQLite file inside out_dir, created with it. The URL itself was checked by `validate`."""
+    if cfg.storage is None:
+        return
+    url = make_url(cfg.storage)
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite":
+        folder = Path(url.database or ".").parent
+        if url.database not in (None, "", ":memory:") and not folder.is_dir():
+            raise ConfigError(f"storage '{shown}' is unreachable: folder '{folder}' does not exist")
+        return
+    args = {"connect_timeout": timeout_s} if url.get_backend_name() == "postgresql" else {}
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # SQLAlchemy's OperationalError and the drivers' own, whatever the database
+        raise ConfigError(f"storage '{shown}' is unreachable: {first_line(e)}") from None
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------- one configuration per study
@@ -214,7 +243,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # storage gone: the trial's own next write reports it, as one line
+                return
 
     def __enter__(self) -> Heartbeat:
         self.storage.record_heartbeat(self.trial_id)

@@ -6,6 +6,11 @@ history is logged once per validation against tokens seen (the shared x-axis of 
 the run's summary carries the final scores or the failure reason. The run id goes into the Optuna
 trial's attributes (`wandb_run_id`), so a trial in the dashboard leads to its W&B run.
 
+Nothing outside `out_dir`: wandb's run files, cache, config, data and artifact folders (and the
+temporary folder its service process starts with, where it writes its debug log) are pointed into
+`<out_dir>/wandb/` when a run starts, unless the user set them (`WANDB_DIR`, `WANDB_CACHE_DIR`,
+`WANDB_CONFIG_DIR`, `WANDB_DATA_DIR`, `WANDB_ARTIFACT_DIR`, `TMPDIR`), and restored when it finishes.
+
 Never online by surprise, never blocking: `WANDB_MODE` decides when set; otherwise the run is
 online only if an API key is configured (`WANDB_API_KEY` or a netrc entry), else offline. Offline
 runs land in `<out_dir>/wandb/offline-run-*` and go up later with `wandb sync <dir>`. An online
@@ -27,6 +32,9 @@ from urllib.parse import urlparse
 from bench.util import first_line
 
 INIT_TIMEOUT_S = 15.0
+# wandb's folders, relative to <out_dir>/wandb (None: out_dir itself, where wandb adds its wandb/ level)
+WANDB_DIRS = {"WANDB_DIR": None, "WANDB_CACHE_DIR": ".cache", "WANDB_CONFIG_DIR": ".config",
+              "WANDB_DATA_DIR": ".data", "WANDB_ARTIFACT_DIR": ".artifacts", "TMPDIR": ".tmp"}
 _online_failed = False  # set by the first online start that fails: this process stays offline
 
 
@@ -77,8 +85,8 @@ class NullRun:
 class WandbRun:
     """A thin handle on one wandb run: history rows against tokens, a summary, a clean finish."""
 
-    def __init__(self, run: Any) -> None:
-        self._run = run
+    def __init__(self, run: Any, env: Mapping[str, str | None] | None = None) -> None:
+        self._run, self._env = run, dict(env or {})
         self.id: str = run.id
         self.dir: str | None = run.dir
         run.define_metric("tokens")
@@ -92,7 +100,10 @@ class WandbRun:
             self._run.summary[k] = v
         if failure:
             self._run.summary["failure_reason"] = failure
-        self._run.finish(exit_code=1 if failure else 0)
+        try:
+            self._run.finish(exit_code=1 if failure else 0)
+        finally:
+            restore_env(self._env)
 
 
 def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: str, stage: str, arch: str,
@@ -106,17 +117,45 @@ def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: s
         return NullRun()
     import wandb  # imported only when tracking: ~0.6 s
 
-    out_dir.mkdir(parents=True, exist_ok=True)  # wandb warns about a missing dir's git root otherwise
     kwargs = dict(project=project, group=study, job_type=stage, name=name, tags=[arch, stage, *tags],
                   config=dict(config), dir=str(out_dir), reinit="create_new", save_code=False)
     settings = dict(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S)
+    previous = point_wandb_into(out_dir)
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not cost the trial
-        if mode != "online":
-            raise
-        _online_failed = True
-        print(f"warning: W&B online start failed ({first_line(e)[:200]}); logging offline to "
-              f"{out_dir}/wandb, upload later with `wandb sync`", file=sys.stderr)
-        run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
-    return WandbRun(run)
+        try:
+            run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not cost the trial
+            if mode != "online":
+                raise
+            _online_failed = True
+            print(f"warning: W&B online start failed ({first_line(e)[:200]}); logging offline to "
+                  f"{out_dir}/wandb, upload later with `wandb sync`", file=sys.stderr)
+            run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
+    except BaseException:
+        restore_env(previous)
+        raise
+    return WandbRun(run, previous)
+
+
+def point_wandb_into(out_dir: Path) -> dict[str, str | None]:
+    """Point wandb's folder variables that the user has not set into `out_dir` (wandb reads them
+    whenever it needs a folder, so they hold until the run finishes); returns what they were.
+    TMPDIR too: wandb's service process, started by the first run, keeps it for its temporary
+    files and debug log."""
+    previous: dict[str, str | None] = {}
+    for key, sub in WANDB_DIRS.items():
+        if not os.environ.get(key):
+            path = out_dir if sub is None else out_dir / "wandb" / sub
+            path.mkdir(parents=True, exist_ok=True)  # wandb warns about a missing dir's git root otherwise
+            previous[key], os.environ[key] = os.environ.get(key), str(path.resolve())
+    return previous
+
+
+def restore_env(previous: Mapping[str, str | None]) -> None:
+    """Undo `point_wandb_into`: nothing of a finished run's folders outlives it in this process's
+    environment (nor reaches a process it starts later)."""
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -20,8 +20,9 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from bench.analysis import memory_decay
 from bench.experiment.config import Config
-from bench.experiment.context import Context
+from bench.experiment.context import Context, probe_tokens
 from bench.experiment.records import VALIDATION_KEYS, RunFiles, RunRecord, checkpoint_dir
 from bench.experiment.search import trial_config
 from bench.experiment.storage import frozen
@@ -31,7 +32,7 @@ from bench.metrics import ALL, continuation, evaluate
 from bench.models import build_model
 from bench.seeding import derive_seed
 from bench.train import TrainingDiverged, TrainResult, train
-from bench.util import first_line
+from bench.util import atomic_write, first_line
 
 
 @dataclass
@@ -185,5 +186,8 @@ def write_final(ctx: Context, trained: Trained) -> dict[str, float]:
         return {}
     scored = test_scores(ctx, trained.model)
     files.write(rec, trained.history, scored, trained.model)
+    if rec.stage == "final":  # its memory-decay curve here, in parallel workers, not serially in `collect`
+        curve = memory_decay(trained.model.cpu().eval(), probe_tokens(ctx.test))  # on the CPU, as collect's
+        atomic_write(files.decay, lambda p: curve.to_parquet(p, index=False))
     top = scored[scored["phase"].isna() & (scored["family"] == ALL) & scored["position"].isna()]
     return {f"test_{m}": float(v) for m, v in zip(top["metric"], top["value"], strict=True)}

@@ -7,7 +7,12 @@ claimed through the shared storage (`storage.claim`), so any number of workers, 
 or many, on one machine or several, split the work and end with exactly the configured counts.
 
 Faults: a trial whose worker died is retried with the same parameters and slot and resumes from
-the checkpoint its predecessor wrote at its last validation (`trial.checkpoint_path`).
+the checkpoint its predecessor wrote at its last validation (`trial.checkpoint_path`). A slot whose
+work raises is failed with its reason and the worker goes on (`Stages.failed`); an out_dir or a
+storage that can no longer be written stops the worker with a `StudyError`.
+
+An idle worker (every free slot taken, others still running) looks again every POLL_S seconds, and
+only at the stages not yet finished, so waiting costs the running workers next to no CPU.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from bench.experiment.config import Config, ConfigError
 from bench.experiment.context import Context
-from bench.experiment.stages import Stages
+from bench.experiment.stages import Stages, StudyError, unwritable
 from bench.experiment.storage import (
     Heartbeat,
     claim,
@@ -37,6 +43,7 @@ from bench.experiment.storage import (
     search_name,
 )
 from bench.seeding import derive_seed
+from bench.util import first_line
 
 POLL_S = 1.0  # how often an idle worker looks for work that other workers still hold
 
@@ -71,6 +78,7 @@ class Worker:
         self.ctx = Context.build(self.cfg, self.device)
         self.stages = Stages(self.ctx, self.storage, self.log)
         self.studies: dict[str, optuna.Study] = {}
+        self.finished: set[tuple[str, str | None]] = set()  # (stage, arch) with every slot finished: final
 
     def study(self, name: str, arch: str, search: bool) -> optuna.Study:
         """The stage's study; a search study gets a sampler seeded afresh for each trial it asks."""
@@ -97,12 +105,26 @@ class Worker:
         return items
 
     def run(self) -> None:
+        """Work until every slot is finished; StudyError when the out_dir or the storage fails."""
+        try:
+            self._run()
+        except (OSError, StorageInternalError) as e:
+            why = unwritable(self.cfg.output_dir)
+            where = f"out_dir {self.cfg.output_dir} ({why})" if why else f"storage {self.cfg.storage_url}"
+            raise StudyError(f"cannot write to {where}: {first_line(e)}; the study stopped, rerun the same "
+                             f"command to resume") from e
+
+    def _run(self) -> None:
         while True:
             busy = False  # some slot is still running in another worker
             for stage, arch in self.work():
+                if (stage, arch) in self.finished:
+                    continue
                 outcome = self.try_one(stage, arch)
                 if outcome == "ran":
                     break  # ran something: start over from the first stage and architecture
+                if outcome == "done":
+                    self.finished.add((stage, arch))
                 busy |= outcome == "busy"
             else:
                 if not busy:
@@ -113,10 +135,11 @@ class Worker:
         """Whether `arch`'s search has finished (trivially without one); ConfigError under stage=final
         when it is unfinished and nobody runs it."""
         cfg = self.cfg
-        if not cfg.search.n_trials:
+        if not cfg.search.n_trials or ("search", arch) in self.finished:
             return True
         search = self.study(search_name(cfg, arch), arch, True)
         if finished_count(search) >= cfg.search.n_trials:
+            self.finished.add(("search", arch))
             return True
         running = any(t.state == TrialState.RUNNING for t in search.get_trials(deepcopy=False))
         if cfg.stage == "final" and not running:
@@ -145,10 +168,13 @@ class Worker:
             return "done" if sum(t.state.is_finished() for t in live_trials(study)) >= n else "busy"
         trial, slot = got
         with Heartbeat(self.storage, trial, cfg.heartbeat):
-            if stage == "search":
-                self.stages.search_trial(study, trial, arch, slot)
-            elif stage == "final":
-                self.stages.final_run(study, trial, arch, slot)
-            else:
-                self.stages.mutual_run(study, trial, slot)
+            try:
+                if stage == "search":
+                    self.stages.search_trial(study, trial, arch, slot)
+                elif stage == "final":
+                    self.stages.final_run(study, trial, arch, slot)
+                else:
+                    self.stages.mutual_run(study, trial, slot)
+            except Exception as e:  # never a trial left RUNNING by a cause this worker can catch
+                self.stages.failed(study, trial, stage, arch, slot, e)
         return "ran"

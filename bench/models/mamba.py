@@ -8,20 +8,24 @@ parameter names, shapes and initialisation, so a state_dict moves between the tw
     s_t = exp(Δ_t A) ⊙ s_{t-1} + Δ_t B_t a_t;  y_t = C_t s_t + D a_t   (A = -exp(A_log), per channel)
     out = out_proj(y ⊙ SiLU(z))
 
-Two implementations of the same layer (`impl`):
+Three implementations of the same layer (`impl`):
 * "reference": pure PyTorch on any device; the scan is `selective_scan` of bench/models/ops/
   selective_scan.py (chunked, with its own backward, tested against the literal recurrence there).
+* "fused_cpu": the same layer with the compiled CPU scan of ops/selective_scan_cpu.py (one loop over
+  time per batch and channel, never a (B, L, E, N) tensor), for CPU tensors.
 * "fused": mamba_ssm's CUDA kernels (`mamba_inner_fn`, `selective_scan_fn`), exactly as
   `mamba_ssm.Mamba` calls them; the same ops module imports them lazily and says why they cannot
   run when they cannot, which is the reason a "fused" request names.
 "auto" takes "fused" only for CUDA tensors in a dtype the kernels support, and only after one tiny
-call of the kernel has run on that device (cached); `impl_used` says which one a mixer runs.
-Step mode is the same PyTorch code for both: one position costs O(E·(d + N + d_conv + R)).
+call of the kernel has run on that device (cached); on CPU it takes "fused_cpu" once the compiled scan
+has passed its own tiny call, else "reference" with one warning line. `impl_used` says which one a
+mixer runs. Step mode is the same PyTorch code for all: one position costs O(E·(d + N + d_conv + R)).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import NamedTuple
 
 import torch
@@ -29,9 +33,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.models.hints import register
+from bench.models.ops import selective_scan_cpu
 from bench.models.ops.selective_scan import FUSED_DTYPES, fused_kernels, fused_unavailable, selective_scan, widen
 
-IMPLS = ("auto", "fused", "reference")
+IMPLS = ("auto", "fused", "fused_cpu", "reference")
+_warned: set[str] = set()  # fallback reasons already printed by this process
+
+
+def cpu_scan_unavailable() -> str:
+    """Why the compiled CPU scan cannot run ("" when it can); the first time auto falls back on a
+    reason, one warning line says so on stderr."""
+    return selective_scan_cpu.unavailable()
+
+
+def _warn_fallback(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        print(f"warning: Mamba runs the chunked PyTorch scan on CPU: {reason}", file=sys.stderr)
 
 
 class MambaState(NamedTuple):
@@ -78,6 +96,8 @@ class Mamba(nn.Module):
             reason = fused_unavailable(torch.device("cuda", index))
             if reason:
                 raise ValueError(f"impl='fused' needs mamba_ssm's CUDA kernels: {reason}")
+        if impl == "fused_cpu" and (reason := cpu_scan_unavailable()):
+            raise ValueError(f"impl='fused_cpu' needs the compiled CPU scan: {reason}")
         self.d_model, self.d_state, self.d_conv, self.expand, self.impl = d_model, d_state, d_conv, expand, impl
         self.d_inner = E = int(expand * d_model)
         self.dt_rank = R = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
@@ -106,12 +126,27 @@ class Mamba(nn.Module):
 
     # ------------------------------------------------------------ which implementation
 
-    def _fused_for(self, t: Tensor) -> bool:
-        """Whether forward runs the fused kernels on tensors like `t`; impl='fused' raises where it cannot."""
+    def _impl_for(self, t: Tensor) -> str:
+        """What forward runs on tensors like `t`: 'fused', 'fused_cpu' or 'reference'; an explicit impl
+        that cannot run there raises, auto falls back to 'reference' (with one warning line on CPU)."""
         if self.impl == "reference":
-            return False
+            return "reference"
         if self.impl == "auto":
-            return t.is_cuda and t.dtype in FUSED_DTYPES and not fused_unavailable(t.device)
+            if t.is_cuda:
+                return "fused" if t.dtype in FUSED_DTYPES and not fused_unavailable(t.device) else "reference"
+            if t.device.type != "cpu":  # meta tensors, sized without running
+                return "reference"
+            reason = cpu_scan_unavailable()
+            if reason:
+                _warn_fallback(reason)
+            return "reference" if reason else "fused_cpu"
+        if self.impl == "fused_cpu":
+            if t.device.type != "cpu":
+                raise RuntimeError(f"impl='fused_cpu' needs CPU tensors, got {t.device}")
+            reason = cpu_scan_unavailable()
+            if reason:
+                raise RuntimeError(f"impl='fused_cpu' cannot run: {reason}")
+            return "fused_cpu"
         if not t.is_cuda:
             raise RuntimeError(f"impl='fused' needs CUDA tensors, got {t.device}")
         if t.dtype not in FUSED_DTYPES:
@@ -119,29 +154,30 @@ class Mamba(nn.Module):
         reason = fused_unavailable(t.device)
         if reason:
             raise RuntimeError(f"impl='fused' cannot run: {reason}")
-        return True
+        return "fused"
 
     @property
     def impl_used(self) -> str:
-        """'fused' or 'reference': what forward runs for the parameters' current device and dtype."""
-        return "fused" if self.impl == "fused" or self._fused_for(self.in_proj.weight) else "reference"
+        """'fused', 'fused_cpu' or 'reference': what forward runs for the parameters' current device and dtype."""
+        return self.impl if self.impl in ("fused", "fused_cpu") else self._impl_for(self.in_proj.weight)
 
     # ------------------------------------------------------------ parallel mode
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._fused_for(x):
-            return self._fused(x, with_state=False)[0]
-        return self._reference(x)[0]
+        impl = self._impl_for(x)
+        return self._fused(x, with_state=False)[0] if impl == "fused" else self._reference(x, impl)[0]
 
     def forward_with_state(self, x: Tensor) -> tuple[Tensor, MambaState]:
         """Run x (B, L, d); the state holds the last d_conv inputs x̃ (zero-padded) and s_{L-1}."""
-        return self._fused(x, with_state=True) if self._fused_for(x) else self._reference(x)
+        impl = self._impl_for(x)
+        return self._fused(x, with_state=True) if impl == "fused" else self._reference(x, impl)
 
     def _conv_state(self, xs: Tensor) -> Tensor:
         """x̃ (B, E, L) -> its last d_conv columns (B, E, d_conv), zero-padded on the left when L < d_conv."""
         return F.pad(xs, (self.d_conv - xs.shape[-1], 0))  # a negative pad crops
 
-    def _reference(self, x: Tensor) -> tuple[Tensor, MambaState]:
+    def _reference(self, x: Tensor, impl: str = "reference") -> tuple[Tensor, MambaState]:
+        """The layer in PyTorch around a scan: the chunked one, or the compiled CPU one for impl='fused_cpu'."""
         L = x.shape[1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d) -> (B, L, 2E) -> 2 x (B, L, E)
         xs = xs.transpose(1, 2)  # (B, L, E) -> (B, E, L)
@@ -149,7 +185,8 @@ class Mamba(nn.Module):
         dt, B, C = self.x_proj(a).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R + 2N)
         delta = F.softplus(widen(self.dt_proj(dt)))  # (B, L, R) -> (B, L, E)
         A = -torch.exp(widen(self.A_log))  # (E, N)
-        y, last = selective_scan(widen(a), delta, A, widen(B), widen(C))  # (B, L, E), (B, E, N)
+        scan = selective_scan_cpu.fused_cpu_scan if impl == "fused_cpu" else selective_scan
+        y, last = scan(widen(a), delta, A, widen(B), widen(C))  # (B, L, E), (B, E, N)
         y = (y + a * self.D) * F.silu(z)
         return self.out_proj(y.to(x.dtype)), MambaState(self._conv_state(xs), last)
 
@@ -203,8 +240,17 @@ class Mamba(nn.Module):
         return self.d_inner * (self.d_conv + self.d_state)
 
     def activation_floats(self, seq_len: int) -> int:
-        """Saved for backward per sequence by the reference path: the scan's decays and states (2·E·N
-        per position) plus about ten E-wide tensors (projections, conv, SiLU, Δ, gate) and B, C. The
-        fused kernels recompute the states in their backward and keep less: an upper bound for them."""
+        """Saved for backward per sequence: about ten E-wide tensors (projections, conv, SiLU, Δ, gate)
+        and B, C; the chunked scan also keeps its decays and states (2·E·N per position), the compiled
+        scans recompute them in their backward. The device is not known here (models are sized on
+        meta): auto is taken to run where the study runs, on CUDA when there is one."""
         E, N, R = self.d_inner, self.d_state, self.dt_rank
-        return seq_len * (self.d_model + E * (2 * N + 10) + 3 * N + R)
+        return seq_len * (self.d_model + E * (2 * N * self._saves_states() + 10) + 3 * N + R)
+
+    def _saves_states(self) -> bool:
+        """Whether the scan this mixer will run keeps (B, L, E, N) for its backward (the chunked scan)."""
+        if self.impl != "auto":
+            return self.impl == "reference"
+        if torch.cuda.is_available():
+            return bool(fused_unavailable(torch.device("cuda", torch.cuda.current_device())))
+        return bool(cpu_scan_unavailable())

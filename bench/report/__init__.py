@@ -47,7 +47,12 @@ def build_report(out_dir: Path, report_dir: Path, *, storage_url: str | None = N
     stored = load(out_dir)  # fails (MissingResults) before anything is written
     if report_dir.exists() and not report_dir.is_dir():
         raise ReportInputError(f"report directory '{report_dir}' exists and is not a directory")
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportInputError(f"report directory '{report_dir}' cannot be created ({e.strerror})") from None
+    if not os.access(report_dir.parent, os.W_OK | os.X_OK):
+        raise ReportInputError(f"report directory '{report_dir}' is not writable (no permission on its folder)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", suffix=".tmp", dir=report_dir.parent))
     try:
         numbers = compute(stored, storage_url)

@@ -1,13 +1,16 @@
 """`python -m bench.report study=<name> [key=value ...] [--out DIR] [--no-publish]`: a study's report.
 
-Builds `reports/<study>/README.md` (or `--out DIR`, or `report_dir=`) and its PNG figures from what
-`bench.run` stored in the study's `out_dir` (`bench.report.build_report`; nothing is retrained), then
+Builds `<out_dir>/report/README.md` (default `runs/<study>/report/`; or `--out DIR`, or `report_dir=`;
+the committed `reports/<study>/` only when named, e.g. `report_dir=reports/<study>`) and its PNG
+figures from what `bench.run` stored in the study's `out_dir` (`bench.report.build_report`; nothing
+is retrained), then
 attaches it to the study's Optuna studies for optuna-dashboard unless `--no-publish`: the README and
 figures as artifacts of each `<study>/<arch>/final` study, the headline as the note of every study.
 The overrides are `bench.run`'s, so `out_dir=`/`storage=` find a study stored elsewhere.
 
 Bad input exits with code 2 and one `error: ...` line on stderr (as `bench.run`): an unknown
-study, a malformed override, a study with no stored results (naming the missing file).
+study, a malformed override, a study with no stored results (naming the missing file), a stored
+table that cannot be read, an unusable `--out`.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ import sys
 from pathlib import Path
 
 from bench.cli import entry_point
+from bench.experiment.checks import check_writable_dir
 from bench.experiment.config import ConfigError, compose_config
 from bench.experiment.storage import study_names
-from bench.report import MissingResults, ReportInputError, build_report
+from bench.report import MissingResults, build_report
 
 USAGE = """usage: python -m bench.report [study=<name>] [key=value ...] [--out DIR] [--no-publish]
 
-Builds reports/<study>/README.md and its figures from the study's stored results (runs/<study>/,
-or out_dir=...), never retraining; attaches it to the study's Optuna studies (dashboard note and
-artifacts) unless --no-publish. Overrides as for python -m bench.run."""
+Builds <out_dir>/report/README.md (default runs/<study>/report/; --out DIR or report_dir=DIR
+elsewhere, e.g. report_dir=reports/<study> for the committed report) and its figures from the
+study's stored results (runs/<study>/, or out_dir=...), never retraining; attaches it to the
+study's Optuna studies (dashboard note and artifacts) unless --no-publish. Overrides as for
+python -m bench.run."""
 
 
 def parse(argv: list[str]) -> tuple[list[str], Path | None, bool]:
@@ -39,6 +45,7 @@ def parse(argv: list[str]) -> tuple[list[str], Path | None, bool]:
             if not value:
                 raise ConfigError("--out needs a directory")
             out = Path(value)
+            check_writable_dir(out, "--out")
         elif a.startswith("-"):
             raise ConfigError(f"unknown flag '{a}' (try --help)")
         else:
@@ -59,8 +66,6 @@ def _report(args: list[str]) -> int:
     except MissingResults as e:
         raise ConfigError(f"study '{cfg.name}' has no stored results in {e.out_dir} ({e.file} is missing); "
                           f"run python -m bench.run study={cfg.name} first") from None
-    except ReportInputError as e:
-        raise ConfigError(str(e)) from None
     print(f"wrote {readme}")
     return 0
 

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from bench.util import first_line
+
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml", "config.yaml")  # without these nothing to report
 # <name>.parquet; a missing one is said in its section
 OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "cka_floor", "mutual", "mutual_runs", "mutual_kl")
@@ -76,13 +78,34 @@ def load(out_dir: Path) -> Stored:
     missing = [f for f in REQUIRED if not (out_dir / f).is_file()]
     if missing:
         raise MissingResults(out_dir, missing[0])
-    optional = {name: pd.read_parquet(out_dir / f"{name}.parquet") if (out_dir / f"{name}.parquet").is_file() else None
+    optional = {name: _table(out_dir / f"{name}.parquet") if (out_dir / f"{name}.parquet").is_file() else None
                 for name in OPTIONAL}
     overlap = optional["overlap"]
-    return Stored(out_dir=out_dir, cfg=OmegaConf.load(out_dir / "config.yaml"),
-                  meta=dict(OmegaConf.to_container(OmegaConf.load(out_dir / "meta.yaml"))),
-                  results=pd.read_parquet(out_dir / "results.parquet"), runs=pd.read_parquet(out_dir / "runs.parquet"),
-                  family_names=list(dict.fromkeys(overlap["family"])) if overlap is not None else [], **optional)
+    cfg, meta = (_mapping(out_dir / f) for f in ("config.yaml", "meta.yaml"))
+    families = list(dict.fromkeys(overlap["family"])) if overlap is not None and "family" in overlap else []
+    return Stored(out_dir=out_dir, cfg=cfg, meta=dict(OmegaConf.to_container(meta)),
+                  results=_table(out_dir / "results.parquet"), runs=_table(out_dir / "runs.parquet"),
+                  family_names=families, **optional)
+
+
+def _table(path: Path) -> pd.DataFrame:
+    """A stored table; a file that is not a readable parquet table is named (a ReportInputError)."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+        raise ReportInputError(f"stored table {path} cannot be read ({first_line(e)[:200]}); "
+                               f"rerun the study to rewrite it") from None
+
+
+def _mapping(path: Path) -> DictConfig:
+    """config.yaml or meta.yaml as a mapping; anything else is named (a ReportInputError)."""
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml's and OmegaConf's errors share no base class
+        raise ReportInputError(f"stored file {path} cannot be read ({first_line(e)[:200]})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ReportInputError(f"stored file {path} is not a mapping of keys")
+    return loaded
 
 
 def family_order(names: Any, known: list[str]) -> list[str]:

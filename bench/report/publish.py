@@ -4,8 +4,10 @@ every named study. optuna-dashboard is imported only here, when a report is publ
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from bench.report.draw import FIGURES
 from bench.report.importance import existing_storage, final_study
+
+LOCK = ".publish.lock"  # in the artifact folder: publishes to one folder take turns
 
 
 def publish(report_dir: Path, *, study: str, out_dir: Path, storage_url: str, study_names: Sequence[str]) -> list[str]:
@@ -36,15 +40,27 @@ def publish(report_dir: Path, *, study: str, out_dir: Path, storage_url: str, st
     store = FileSystemArtifactStore(base_path=store_dir)
     existing = set(optuna.get_all_study_names(storage))
     noted = attached = 0
-    for name in dict.fromkeys(n for n in study_names if n in existing):
-        target = optuna.load_study(study_name=name, storage=storage)
-        save_note(target, note)
-        noted += 1
-        if name.endswith("/final"):
-            _attach(storage, store, target, files)
-            attached += 1
-    return [f"attached the report to {attached} final studies ({len(files)} files in {store_dir}) and noted "
-            f"{noted} studies in {storage_url}"]
+    with _exclusive(store_dir / LOCK):  # two publishes at once: the second finds the first's uploads
+        for name in dict.fromkeys(n for n in study_names if n in existing):
+            target = optuna.load_study(study_name=name, storage=storage)
+            save_note(target, note)
+            noted += 1
+            if name.endswith("/final"):
+                _attach(storage, store, target, files)
+                attached += 1
+    return [f"attached the report to {attached} final studies ({len(files)} files each, {attached * len(files)} "
+            f"artifacts in {store_dir}) and noted {noted} studies in {storage_url}"]
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) for the block; released when the process dies."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _attach(storage: Any, store: FileSystemArtifactStore, study: optuna.Study, files: list[Path]) -> None:

@@ -36,10 +36,12 @@ def figure(drawn: dict[str, str], name: str, caption: str) -> str:
 
 
 def rebuild_command(s: Stored) -> str:
-    """The command that rebuilds this report: out_dir where it is not the default, storage where set."""
+    """The command that rebuilds this report: out_dir where it is not the default, storage and
+    report_dir where set (without report_dir the report goes into out_dir/report)."""
     out = s.setting("out_dir") or (s.out_dir if s.out_dir != Path("runs") / s.name else None)
-    storage = s.setting("storage")
-    extra = (f" out_dir={s.out_dir}" if out else "") + (f" storage={storage}" if storage else "")
+    storage, report_dir = s.setting("storage"), s.setting("report_dir")
+    extra = (f" out_dir={s.out_dir}" if out else "") + (f" storage={storage}" if storage else "") + \
+        (f" report_dir={report_dir}" if report_dir else "")
     return f"python -m bench.report study={s.name}{extra}"
 
 
