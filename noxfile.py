@@ -26,7 +26,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def perf(session: nox.Session) -> None:
-    """python -m bench.perf: harness vs bare loop, data generation, decoding, memory -> reports/perf/."""
+    """python -m bench.perf: harness vs bare loop, data generation, decoding, memory, Mamba's scans.
+
+    Writes runs/perf/ (`nox -s perf -- --out reports/perf` regenerates the committed one)."""
     session.install(TORCH)
     session.install("-e", ".")
     session.run("python", "-m", "bench.perf", *session.posargs)

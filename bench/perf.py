@@ -1,4 +1,4 @@
-"""`python -m bench.perf [--archs a b] [--sizes 64x8 256x64] [--seconds S] [--out reports/perf]`:
+"""`python -m bench.perf [--archs a b] [--sizes 64x8 256x64] [--seconds S] [--out runs/perf]`:
 how fast the suite trains, measured against what the hardware gives a minimal loop.
 
 Per architecture and size (d_model x sequence length), side by side in one process:
@@ -351,7 +351,8 @@ is greedy decoding of the second half of 8 sequences, recompute-the-prefix time 
 plus 4 × parameters, for one step at batch {BATCH}.
 
 Figures behind the mixers' design choices (Mamba's CPU scan, NTK-Attention's batched prefix
-product), each with the command that reproduces it: [design-figures.md](design-figures.md).
+product), each with the command that reproduces it: [design-figures.md](design-figures.md); study wall
+times and worker scaling against their goals: [studies.md](studies.md).
 """ + mamba_section(mamba if mamba is not None else pd.DataFrame())
     return atomic_write(out / "README.md", lambda tmp: tmp.write_text(text))
 
@@ -395,7 +396,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[int, i
     parser.add_argument("--mamba-sizes", nargs="*", default=list(MAMBA_SIZES),
                         help="sizes of the Mamba scan rows (none: skip them)")
     parser.add_argument("--seconds", type=positive_seconds, default=10.0, help="time per size and architecture")
-    parser.add_argument("--out", default="reports/perf", help="folder for README.md (created if missing)")
+    parser.add_argument("--out", default="runs/perf",
+                        help="folder for README.md (created if missing); the committed one: --out reports/perf")
     args = parser.parse_args(argv)
     unknown = [a for a in args.archs if a not in mixer_names()]
     if unknown:

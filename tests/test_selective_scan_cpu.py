@@ -166,3 +166,24 @@ def test_fused_cpu_refuses_other_devices():
     m = Mamba(16, impl="fused_cpu")
     with pytest.raises(RuntimeError, match="impl='fused_cpu' needs CPU tensors, got meta"):
         m(torch.empty(1, 4, 16, device="meta"))
+
+
+def test_the_probe_answers_yes_under_the_meta_device_and_many_threads():
+    """Config validation sizes models on the meta device (a 2-thread parent process): the probe must
+    still test real CPU tensors on the serial kernels, not report the meta tensors as a failure."""
+    selective_scan_cpu.unavailable.cache_clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.device("meta"):
+            assert selective_scan_cpu.unavailable() == ""
+    finally:
+        torch.set_num_threads(threads)
+        selective_scan_cpu.unavailable.cache_clear()
+
+
+def test_fused_cpu_is_accepted_by_the_cli(capsys):
+    from bench.run import main
+
+    assert main(["study=smoke", "archs=[mamba]", "model.mixer.mamba.impl=fused_cpu", "--cfg"]) == 0
+    assert "impl: fused_cpu" in capsys.readouterr().out

@@ -68,6 +68,41 @@ def test_wandb_folders_point_into_out_dir_while_a_run_lasts(tmp_path, monkeypatc
     assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+class FakeWandbRun:
+    """What WandbRun touches of a wandb run, recording whether it was finished."""
+
+    id, dir, finished = "fake", None, 0
+
+    def __init__(self) -> None:
+        self.summary: dict = {}
+
+    def define_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.finished += 1
+
+
+def test_overlapping_runs_keep_the_folders_until_the_last_one_finishes(tmp_path, monkeypatch):
+    """A mutual cohort opens K runs at once: the folders stay in out_dir until the last one closes,
+    then the environment is as before; closing a run twice (a failed slot's clean-up) is harmless."""
+    wandb = pytest.importorskip("wandb")
+    for key in tracking.WANDB_DIRS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeWandbRun())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    runs = [tracking.start_run("wandb", out_dir=out, project="p", study="s", name=f"s/{a}", stage="mutual", arch=a,
+                               tags=[], config={}) for a in ("lstm", "mamba", "s4d")]
+    runs[0].finish()
+    assert os.environ["WANDB_DIR"] == str(out.resolve())  # two runs still open
+    runs[1].finish(failure="diverged")
+    runs[1].finish(failure="again")
+    assert runs[1]._run.finished == 1 and os.environ["TMPDIR"].startswith(str(out.resolve()))
+    runs[2].finish()
+    assert not set(tracking.WANDB_DIRS) & set(os.environ)
+
+
 @pytest.mark.slow
 def test_offline_by_default_one_run_per_trial_and_final_run(tmp_path, unconfigured):
     out = tmp_path / "out"

@@ -33,6 +33,7 @@ from bench.analysis.cka import cka_table, embedding_floor
 from bench.data import SequenceSet, TrainStream, seen_in_training
 from bench.experiment.config import Config, to_yaml
 from bench.experiment.context import Context, probe_tokens
+from bench.experiment.provenance import git_commit
 from bench.experiment.records import RunFiles, RunRecord, runs_table
 from bench.experiment.search import SIZE_KEYS, model_config
 from bench.experiment.storage import (
@@ -223,15 +224,16 @@ def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
 
 
 def inputs_digest(cfg: Config) -> str:
-    """What the tables are computed from: the configuration (less RUN_ONLY_KEYS) and every trial of
-    every stage (number, state, value, completion time); equal digests, equal tables."""
+    """What the tables are computed from: the configuration (less RUN_ONLY_KEYS), every trial of
+    every stage (number, state, value, completion time) and the code's commit (a new commit may
+    compute them differently; edits in a dirty checkout are not seen); equal digests, equal tables."""
     config = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     storage = open_storage(cfg)
     names = set(optuna.get_all_study_names(storage))
     trials = {name: [(t.number, t.state.name, t.value, str(t.datetime_complete))
                      for t in storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)]
               for name in study_names(cfg) if name in names}
-    return digest({"config": config, "trials": trials})
+    return digest({"config": config, "trials": trials, "code": git_commit()})
 
 
 def unchanged(cfg: Config, inputs: str) -> bool:

@@ -85,8 +85,10 @@ def worker_main(cfg: Config, device: str, index: int, errors: Connection) -> Non
         storage = open_storage(cfg)
         Worker(replace(cfg, progress=False), torch.device(device), log=study_logger(cfg, storage, index),
                tag=worker_tag(cfg, index)).run()
+    except KeyboardInterrupt:  # Ctrl-C reaches every process: the parent says it, once
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - reported by the parent, which decides the exit code
-        errors.send((type(e).__name__, first_line(e)))
+        errors.send((type(e).__name__, first_line(e)[:2000]))  # short: the parent reads it only after join()
         sys.exit(1)
 
 

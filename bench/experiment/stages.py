@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,16 @@ from bench.experiment.records import RunFiles, RunRecord, stem
 from bench.experiment.search import defaults, iso_params, iso_target, suggest, trial_config
 from bench.experiment.storage import frozen, live_trials, load_study, search_name
 from bench.experiment.tracking import NullRun, WandbRun, start_run
-from bench.experiment.trial import Trained, build, is_oom, joint_outcome, plan, run_trial, write_final
+from bench.experiment.trial import (
+    Trained,
+    build,
+    checkpoint_path,
+    is_oom,
+    joint_outcome,
+    plan,
+    run_trial,
+    write_final,
+)
 from bench.mutual import rng_state, train_mutual
 from bench.train import TrainResult
 from bench.util import first_line
@@ -104,6 +113,7 @@ class Stages:
     ctx: Context
     storage: RDBStorage
     log: Callable[[str], None]
+    runs: list[NullRun | WandbRun] = field(default_factory=list)  # tracking runs opened by the current slot
 
     @property
     def cfg(self) -> Config:
@@ -123,6 +133,7 @@ class Stages:
                         tags=[f"phase{p}" for p in cfg.data.phases], config=config)
         if run.id:
             trial.set_user_attr("wandb_run_id", run.id)
+        self.runs.append(run)
         return run
 
     def search_trial(self, study: optuna.Study, trial: optuna.Trial, arch: str, slot: int) -> None:
@@ -253,6 +264,7 @@ class Stages:
         and the study stops (StudyError naming the directory). Otherwise the trial fails with the
         error as its reason, a final run's or cohort's files saying the same, and the study goes on."""
         cfg, reason = self.cfg, first_line(error)
+        self.close_runs(failure=reason)
         why = unwritable(cfg.output_dir)
         if why is not None:
             with contextlib.suppress(Exception):  # the storage may sit in that directory: heartbeats retry it then
@@ -267,12 +279,21 @@ class Stages:
                 self._record_failure(trial, stage, arch, seed, reason)
                 trial.set_user_attr("failure_reason", reason)
                 study.tell(trial, state=TrialState.FAIL)
+                checkpoint_path(cfg, study.study_name, trial).unlink(missing_ok=True)  # a finished trial never resumes
         except Exception as e:
             raise StudyError(f"could not record the failure of trial {trial.number} of {study.study_name} "
                              f"({reason}): {first_line(e)}") from e
         label = f"t{trial.number}" if stage == "search" else f"seed {seed}"
         status = "failed" if state == TrialState.RUNNING else f"{state.name.lower()}, then an error"
         self.log(summary_line(arch or "cohort", stage, label, status, reason))
+
+    def close_runs(self, failure: str | None = None) -> None:
+        """Finish the tracking runs the slot opened (a run finished already is left as it is), so
+        none stays open, nor keeps W&B's folders pointed into out_dir, after the slot."""
+        runs, self.runs = self.runs, []
+        for run in runs:
+            with contextlib.suppress(Exception):  # tracking must not turn a recorded failure into a crash
+                run.finish(failure=failure)
 
     def _record_failure(self, trial: optuna.Trial, stage: str, arch: str | None, seed: int, reason: str) -> None:
         """A failed final run's files, or each cohort member's, so the tables hold every slot."""

@@ -24,6 +24,7 @@ import math
 import netrc
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,8 @@ class NullRun:
 class WandbRun:
     """A thin handle on one wandb run: history rows against tokens, a summary, a clean finish."""
 
-    def __init__(self, run: Any, env: Mapping[str, str | None] | None = None) -> None:
-        self._run, self._env = run, dict(env or {})
+    def __init__(self, run: Any) -> None:
+        self._run, self._open = run, True
         self.id: str = run.id
         self.dir: str | None = run.dir
         run.define_metric("tokens")
@@ -96,14 +97,19 @@ class WandbRun:
         self._run.log(_clean(row))
 
     def finish(self, summary: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
-        for k, v in _clean(summary or {}).items():
-            self._run.summary[k] = v
-        if failure:
-            self._run.summary["failure_reason"] = failure
+        """Write the summary and close the run; a second call does nothing (a failed slot closes the
+        runs it left open, some of which may already be finished)."""
+        if not self._open:
+            return
+        self._open = False
         try:
+            for k, v in _clean(summary or {}).items():
+                self._run.summary[k] = v
+            if failure:
+                self._run.summary["failure_reason"] = failure
             self._run.finish(exit_code=1 if failure else 0)
         finally:
-            restore_env(self._env)
+            _release_env()
 
 
 def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: str, stage: str, arch: str,
@@ -120,7 +126,7 @@ def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: s
     kwargs = dict(project=project, group=study, job_type=stage, name=name, tags=[arch, stage, *tags],
                   config=dict(config), dir=str(out_dir), reinit="create_new", save_code=False)
     settings = dict(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S)
-    previous = point_wandb_into(out_dir)
+    _hold_env(out_dir)
     try:
         try:
             run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
@@ -132,9 +138,26 @@ def start_run(tracking: str, *, out_dir: Path, project: str, study: str, name: s
                   f"{out_dir}/wandb, upload later with `wandb sync`", file=sys.stderr)
             run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
     except BaseException:
-        restore_env(previous)
+        _release_env()
         raise
-    return WandbRun(run, previous)
+    return WandbRun(run)
+
+
+_env = {"users": 0, "previous": {}}  # open runs of this process, and what their folders replaced
+
+
+def _hold_env(out_dir: Path) -> None:
+    """The first open run points wandb's folders into out_dir; runs that overlap it (a mutual
+    cohort's members) share that, and the last one to finish restores the environment."""
+    if _env["users"] == 0:
+        _env["previous"] = point_wandb_into(out_dir)
+    _env["users"] += 1
+
+
+def _release_env() -> None:
+    _env["users"] -= 1
+    if _env["users"] == 0:
+        restore_env(_env["previous"])
 
 
 def point_wandb_into(out_dir: Path) -> dict[str, str | None]:
@@ -159,3 +182,5 @@ def restore_env(previous: Mapping[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    if "TMPDIR" in previous:
+        tempfile.tempdir = None  # `tempfile` caches the folder it found first: make it look again

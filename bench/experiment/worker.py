@@ -177,4 +177,6 @@ class Worker:
                     self.stages.mutual_run(study, trial, slot)
             except Exception as e:  # never a trial left RUNNING by a cause this worker can catch
                 self.stages.failed(study, trial, stage, arch, slot, e)
+            finally:
+                self.stages.close_runs()
         return "ran"

@@ -159,19 +159,24 @@ def _backward_loop(u, delta, A, B, C, gy, glast, gu, gdelta, gA, gB, gC):  # pra
 # One thread (study workers, tests): plain loops, cached on disk. Several: the same loops with prange
 # spread over numba's threads, compiled once per process (numba's cache index does not tell the two
 # compilations of one function apart, so only one of them may be cached).
-_forward = numba.njit(cache=True, fastmath=FASTMATH)(_forward_loop)
-_backward = numba.njit(cache=True, fastmath=FASTMATH)(_backward_loop)
-_forward_parallel = numba.njit(parallel=True, fastmath=FASTMATH)(_forward_loop)
-_backward_parallel = numba.njit(parallel=True, fastmath=FASTMATH)(_backward_loop)
+_forward = numba.njit(cache=True, nogil=True, fastmath=FASTMATH)(_forward_loop)
+_backward = numba.njit(cache=True, nogil=True, fastmath=FASTMATH)(_backward_loop)
+_forward_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH)(_forward_loop)
+_backward_parallel = numba.njit(parallel=True, nogil=True, fastmath=FASTMATH)(_backward_loop)
 
 
 def _arrays(*tensors: Tensor) -> list[np.ndarray]:
     return [t.detach().contiguous().numpy() for t in tensors]
 
 
+_probing = False  # set while `unavailable()` runs its test call: serial (disk-cached) kernels only
+
+
 def _follow_torch_threads() -> int:
     """Run numba on as many threads as torch (never more than numba started with); returns that number.
     On one thread the serial kernels run and numba starts no thread pool at all."""
+    if _probing:
+        return 1
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if n > 1 and numba.get_num_threads() != n:
         numba.set_num_threads(n)
@@ -219,15 +224,29 @@ def fused_cpu_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) ->
 @functools.cache
 def unavailable() -> str:
     """Why the compiled scan cannot run here ("" when it can): one tiny forward and backward per dtype,
-    compiled (or loaded from the cache) on first need and checked against finite outputs."""
+    compiled (or loaded from the cache) on first need and checked against finite outputs.
+
+    It runs the serial kernels on CPU tensors whatever the caller's default device (config validation
+    builds models on the meta device) and thread count, so asking costs a cache load, not a compile
+    of the parallel kernels and a thread pool in a process that may never scan."""
+    global _probing
+    _probing = True
     try:
-        for dtype in SCAN_DTYPES:
-            u = torch.ones(1, 2, 1, dtype=dtype, requires_grad=True)  # batch 1, length 2, one channel
-            B = C = torch.ones(1, 2, 1, dtype=dtype)  # one state
-            y, last = fused_cpu_scan(u, u.detach().abs(), -torch.ones(1, 1, dtype=dtype), B, C)
-            (y.sum() + last.sum()).backward()
-            if not (torch.isfinite(y).all() and torch.isfinite(u.grad).all()):
-                raise RuntimeError("non-finite output")
+        with torch.device("cpu"):
+            _probe()
     except Exception as e:  # numba cannot compile here (no LLVM target, an unwritable and broken cache, ...)
         return f"the compiled CPU scan failed a test call ({type(e).__name__}: {first_line(e)})"
+    finally:
+        _probing = False
     return ""
+
+
+def _probe() -> None:
+    """One tiny forward and backward per dtype (batch 1, length 2, one channel, one state)."""
+    for dtype in SCAN_DTYPES:
+        u = torch.ones(1, 2, 1, dtype=dtype, requires_grad=True)
+        B = C = torch.ones(1, 2, 1, dtype=dtype)
+        y, last = fused_cpu_scan(u, u.detach().abs(), -torch.ones(1, 1, dtype=dtype), B, C)
+        (y.sum() + last.sum()).backward()
+        if not (torch.isfinite(y).all() and torch.isfinite(u.grad).all()):
+            raise RuntimeError("non-finite output")
