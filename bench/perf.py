@@ -34,7 +34,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.cli import ArgumentParser, entry_point
 from bench.data import Curriculum, TrainStream
+from bench.experiment.config import ConfigError
 from bench.memory import estimate, measured_bytes
 from bench.models import ModelConfig, build_mixer, build_model, mixer_names
 from bench.train import TrainConfig, distance_weighted_ce, make_optimizer, train
@@ -379,18 +381,9 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-class BadInput(Exception):
-    """A command-line mistake: reported as one `error:` line, exit 2, before anything is measured or written."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print its usage and exit; one line is the contract
-        raise BadInput(message)
-
-
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[int, int]], list[tuple[int, int]]]:
-    """The arguments, checked: (args, sizes, Mamba sizes); BadInput names the first problem."""
-    parser = Parser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+def make_parser() -> ArgumentParser:
+    """The command line; its mistakes raise ConfigError (one `error:` line, exit 2, via `entry_point`)."""
+    parser = ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=mixer_names())
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="d_modelxL, e.g. 64x8")
     parser.add_argument("--mamba-sizes", nargs="*", default=list(MAMBA_SIZES),
@@ -398,31 +391,37 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[int, i
     parser.add_argument("--seconds", type=positive_seconds, default=10.0, help="time per size and architecture")
     parser.add_argument("--out", default="runs/perf",
                         help="folder for README.md (created if missing); the committed one: --out reports/perf")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The arguments, checked: (args, sizes, Mamba sizes); ConfigError names the first problem, before
+    anything is measured or written."""
+    args = make_parser().parse_args(argv)
     unknown = [a for a in args.archs if a not in mixer_names()]
     if unknown:
-        raise BadInput(f"unknown archs {', '.join(unknown)} (registered: {', '.join(mixer_names())})")
+        raise ConfigError(f"unknown archs {', '.join(unknown)} (registered: {', '.join(mixer_names())})")
     try:
         sizes, mamba_sizes = [parse_size(s) for s in args.sizes], [parse_size(s) for s in args.mamba_sizes]
     except ValueError as e:
-        raise BadInput(str(e)) from None
+        raise ConfigError(str(e)) from None
     out = Path(args.out)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise BadInput(f"--out {args.out}: {blocking} is a file, not a folder")
+        raise ConfigError(f"--out {args.out}: {blocking} is a file, not a folder")
     return args, sizes, mamba_sizes
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args, sizes, mamba_sizes = parse(argv)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return entry_point(argv, make_parser().format_help(), _perf)
+
+
+def _perf(argv: list[str]) -> int:
+    args, sizes, mamba_sizes = parse(argv)
     torch.set_num_threads(1)
     table = measure(args.archs, sizes, args.seconds)
     mamba = mamba_table(mamba_sizes, args.seconds)
-    command = "python -m bench.perf " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.perf " + " ".join(argv)
     try:
         path = write_report(table, Path(args.out), command, mamba)
     except OSError as e:

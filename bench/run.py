@@ -78,7 +78,7 @@ def write_report(cfg: Config) -> None:
     """The study's report from the tables in out_dir; ReportError (the tables stay) when it fails."""
     try:
         readme = report.build_report(cfg.output_dir, cfg.report_path, storage_url=cfg.storage_url,
-                                     study_names=storage.study_names(cfg))
+                                     study_names=storage.optuna_names(cfg))
         print(f"wrote {readme}", flush=True)
     except Exception as e:  # the tables are written: say so, and how to retry the report alone
         raise ReportError(f"report not written ({first_line(e)}); the results are in {cfg.output_dir}, "

@@ -42,8 +42,8 @@ from bench.experiment.storage import (
     is_finished,
     mutual_name,
     open_storage,
+    optuna_names,
     search_name,
-    study_names,
 )
 from bench.metrics import evaluate_baselines
 from bench.models import build_model
@@ -232,7 +232,7 @@ def inputs_digest(cfg: Config) -> str:
     names = set(optuna.get_all_study_names(storage))
     trials = {name: [(t.number, t.state.name, t.value, str(t.datetime_complete))
                      for t in storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)]
-              for name in study_names(cfg) if name in names}
+              for name in optuna_names(cfg) if name in names}
     return digest({"config": config, "trials": trials, "code": git_commit()})
 
 

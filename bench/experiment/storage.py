@@ -56,7 +56,7 @@ def mutual_name(cfg: Config) -> str:
     return f"{cfg.name}/mutual"
 
 
-def study_names(cfg: Config) -> list[str]:
+def optuna_names(cfg: Config) -> list[str]:
     """Every Optuna study of `cfg`'s stages: per architecture search then final, then the mutual one."""
     names = [n for arch in cfg.arch_list for n in (search_name(cfg, arch), final_name(cfg, arch))]
     return names + ([mutual_name(cfg)] if cfg.mutual.weight is not None else [])

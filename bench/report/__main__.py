@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.cli import entry_point
 from bench.experiment.checks import check_writable_dir
 from bench.experiment.config import ConfigError, compose_config
-from bench.experiment.storage import study_names
+from bench.experiment.storage import optuna_names
 from bench.report import MissingResults, build_report
 
 USAGE = """usage: python -m bench.report [study=<name>] [key=value ...] [--out DIR] [--no-publish]
@@ -62,7 +62,7 @@ def _report(args: list[str]) -> int:
     cfg = compose_config(overrides)
     try:
         readme = build_report(cfg.output_dir, out or cfg.report_path,
-                              storage_url=cfg.storage_url if publish else None, study_names=study_names(cfg))
+                              storage_url=cfg.storage_url if publish else None, study_names=optuna_names(cfg))
     except MissingResults as e:
         raise ConfigError(f"study '{cfg.name}' has no stored results in {e.out_dir} ({e.file} is missing); "
                           f"run python -m bench.run study={cfg.name} first") from None
