@@ -12,6 +12,11 @@ random guess (accuracy 1/256, E|U - target|, ln 256) on the real targets; `basel
 repeats the last value and `baseline_extrapolate` continues the last difference (x_t + (x_t - x_{t-1}),
 clamped to [0, 255]). Point predictors have no distribution, so they get no `loss` row.
 
+`baseline_lookup` (the memoriser: each prefix's most frequent next value in a seed's training
+budget, `bench.data.lookup.LookupTable`) and `ceiling` (the Bayes-optimal predictor of the region a
+split is drawn from, `bench.data.bayes.Bayes`) are scored by the same code too
+(`evaluate_predictions`, `evaluate_log_probs`).
+
 Score your own model (any callable LongTensor (B, L) -> logits (B, L, 256)) in five lines::
 
     from bench.data import make_test_set
@@ -19,6 +24,9 @@ Score your own model (any callable LongTensor (B, L) -> logits (B, L, 256)) in f
     test = make_test_set(phases=(1, 2), length=8)
     table = evaluate(my_model, test)            # tidy DataFrame: phase, family, position, metric, value, n
     print(table.query("family == 'all' and position.isna()"))
+
+Test splits (`bench.data.SPLITS`): `evaluate_splits(model, splits)` scores a dict of labelled sets
+({"iid_unseen": ..., "ood": ..., "length_16": ...}) and adds the `split` and `length` columns.
 """
 
 from __future__ import annotations
@@ -36,7 +44,11 @@ from bench.data.curriculum import SequenceSet
 
 METRICS = ("accuracy", "distance_error", "loss")
 RANDOM_BASELINE = {"accuracy": 1 / VOCAB, "distance_error": (VOCAB**2 - 1) / (3 * VOCAB), "loss": math.log(VOCAB)}
-BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
+BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")  # seed-independent, non-learned
+LOOKUP = "baseline_lookup"  # the memoriser, fit per seed on its training budget
+CEILING = "ceiling"  # the Bayes-optimal predictor of each split's region
+POINT_BASELINES = ("baseline_last_value", "baseline_extrapolate", LOOKUP)  # point predictors: no `loss` row
+REFERENCES = (*BASELINES, LOOKUP, CEILING)  # every non-model arch of results.parquet
 ALL = "all"  # family value of rows aggregated over families; position is <NA> for rows over all positions
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # LongTensor (B, L) -> logits (B, L, 256)
 
@@ -126,21 +138,66 @@ def evaluate(model: Predictor, test: SequenceSet, batch_size: int = 1024) -> pd.
     return aggregate(_frame(test, score_logits(logits, test.seqs[:, 1:])))
 
 
-def evaluate_baselines(test: SequenceSet) -> pd.DataFrame:
-    """Tidy rows for the three baselines, with an `arch` column naming each."""
+def score_predictions(pred: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-element accuracy and distance error of point predictions (B, L) (no distribution: no loss)."""
+    return {"accuracy": (pred == targets).double(), "distance_error": (pred - targets).abs().double()}
+
+
+def baseline_scores(test: SequenceSet) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-element scores (B, L-1) of the three `BASELINES` on `test`, by baseline name."""
     inputs, targets = test.seqs[:, :-1], test.seqs[:, 1:]
-    tables = []
-    uniform = {
+    scores = {"baseline_uniform": {
         "accuracy": torch.full(targets.shape, 1 / VOCAB, dtype=torch.float64),
         "distance_error": expected_uniform_distance(targets),
         "loss": torch.full(targets.shape, math.log(VOCAB), dtype=torch.float64),
-    }
-    tables.append(aggregate(_frame(test, uniform)).assign(arch="baseline_uniform"))
+    }}
     for name in BASELINES[1:]:
-        pred = baseline_predictions(name, inputs)
-        per = {"accuracy": (pred == targets).double(), "distance_error": (pred - targets).abs().double()}
-        tables.append(aggregate(_frame(test, per)).assign(arch=name))
-    return pd.concat(tables, ignore_index=True)
+        scores[name] = score_predictions(baseline_predictions(name, inputs), targets)
+    return scores
+
+
+def evaluate_scores(test: SequenceSet, per_element: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Tidy rows (see `aggregate`) from per-element scores (B, L-1) of `test`'s sequences."""
+    return aggregate(_frame(test, per_element))
+
+
+def evaluate_baselines(test: SequenceSet) -> pd.DataFrame:
+    """Tidy rows for the three baselines, with an `arch` column naming each."""
+    return pd.concat([evaluate_scores(test, per).assign(arch=name) for name, per in baseline_scores(test).items()],
+                     ignore_index=True)
+
+
+def evaluate_predictions(predict: Callable[[torch.Tensor], torch.Tensor], test: SequenceSet) -> pd.DataFrame:
+    """Tidy rows of a point predictor (inputs (B, L-1) -> next values (B, L-1)), e.g. a fitted
+    `LookupTable.predict`: accuracy and distance error, no loss."""
+    return evaluate_scores(test, score_predictions(predict(test.seqs[:, :-1]), test.seqs[:, 1:]))
+
+
+def evaluate_log_probs(log_probs: torch.Tensor, test: SequenceSet) -> pd.DataFrame:
+    """Tidy rows of a predicted distribution given as log-probabilities (B, L-1, 256) of `test`'s
+    next values (e.g. `Bayes.log_probs`): all three metrics, as `evaluate` scores a model's logits
+    (log-probabilities are logits whose softmax is themselves)."""
+    return evaluate_scores(test, score_logits(log_probs, test.seqs[:, 1:]))
+
+
+def split_of(key: str) -> str:
+    """The `split` column of a labelled test set's key: "length_16" -> "length", others as they are."""
+    return "length" if key.startswith("length_") else key
+
+
+def score_splits(score: Callable[[str, SequenceSet], pd.DataFrame], splits: dict[str, SequenceSet]) -> pd.DataFrame:
+    """`score(key, set)` of every non-empty labelled set, with its `split` (`split_of(key)`) and
+    `length` (its sequence length) columns; e.g. {"iid_unseen": a, "length_16": b} gives rows with
+    split "iid_unseen", length 8 and split "length", length 16. An empty set (no `iid_seen` rows
+    when the budget drew no test sequence) has no rows."""
+    parts = [score(key, s).assign(split=split_of(key), length=s.seqs.shape[1])
+             for key, s in splits.items() if len(s)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def evaluate_splits(model: Predictor, splits: dict[str, SequenceSet], batch_size: int = 1024) -> pd.DataFrame:
+    """`evaluate` on every labelled test set of `splits`, with `split` and `length` columns."""
+    return score_splits(lambda _, s: evaluate(model, s, batch_size), splits)
 
 
 @torch.no_grad()

@@ -251,9 +251,12 @@ def train(model: nn.Module, cfg: TrainConfig, stream: TrainStream, validate: Val
     """Train `model` in place on `stream` for at most `cfg.steps` steps; with early stopping on,
     stop after `cfg.patience` validations without improvement and restore the best weights.
 
-    `validate(model, index, epoch)` returns a dict with at least `val_loss` (the objective on the
-    index-th set of fresh validation sequences, drawn from the curriculum's mixture at `epoch`);
-    it runs every `cfg.val_every` steps (one epoch) and after the last step.
+    `validate(model, index, epoch)` returns a dict with at least `val_loss`, the objective early
+    stopping reads (the study engine's `Context.validator`: the loss on the seed's fixed validation
+    set, the same sequences at every validation); every other key it returns goes into the history
+    row as well (there: `fresh_*`, the scores on the index-th set of fresh sequences drawn from the
+    curriculum's mixture at `epoch`, the design's monitor). It runs every `cfg.val_every` steps (one
+    epoch) and after the last step.
     Early stopping only counts after `final_epoch` (when a curriculum has reached its last phase):
     before that, validation mixtures change and their losses are not comparable.
     Raises TrainingDiverged when the training or validation loss is not finite.

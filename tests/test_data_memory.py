@@ -1,5 +1,7 @@
 """Phase 4, the memory probes lag_1 .. lag_64: x_t = x_{t-k}, the first k values i.i.d. uniform."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from bench.data import (
     seen_in_training,
     validation_set,
 )
-from bench.data.memory import LAGS, Lag
+from bench.data.memory import HELD_OUT_BAND, LAGS, Lag
 from bench.data.registry import FAMILY_INDEX
 from bench.metrics import evaluate
 
@@ -80,7 +82,7 @@ def test_the_lag_is_exact_and_check_agrees(k):
 
 
 def test_first_k_values_are_uniform_and_independent():
-    seqs, params = get_family("lag_64").generate(2000, 66, gen(11))
+    seqs, params = get_family("lag_64").generate(2000, 66, gen(11), region="any")  # the whole distribution
     prefix = params["prefix"]
     counts = torch.bincount(prefix.flatten(), minlength=256).double()  # 128,000 draws, 500 per value
     chi2 = ((counts - 500) ** 2 / 500).sum().item()
@@ -194,3 +196,69 @@ def test_only_positions_from_k_on_are_learnable():
         assert len(rows) == length - 1 and (rows[rows.position < k - 1].value < 0.1).all(), name
         overall = acc[(acc.family == name) & acc.position.isna()].value.item()
         assert overall == pytest.approx((length - k) / (length - 1), abs=0.01), name
+
+
+@pytest.mark.parametrize("k", [1, 4, 64])
+def test_held_out_band_is_the_first_value_and_regions_condition_on_it(k):
+    fam = get_family(f"lag_{k}")
+    assert fam.held_out_kind == "translation" and HELD_OUT_BAND == (240, 255)
+    rows = torch.tensor([[239] * (k + 2), [240] * (k + 2), [255] + [0] * (k + 1), [0] + [250] * (k + 1)])
+    assert fam.held_out(rows).tolist() == [False, True, True, False]
+    any_rows, _ = fam.generate(20_000, k + 2, gen(3), region="any")
+    share = fam.held_out(any_rows).double().mean().item()
+    assert share == pytest.approx(16 / 256, abs=0.006)  # sd 0.0017
+    train, _ = fam.generate(3000, k + 2, gen(4))
+    ood, params = fam.generate(3000, k + 2, gen(5), region="held_out")
+    assert not fam.held_out(train).any() and fam.held_out(ood).all() and fam.check(ood, params).all()
+    assert set(train[:, 0].tolist()) == set(range(240)) and set(ood[:, 0].tolist()) == set(range(240, 256))
+
+
+def test_prefix_mass_by_hand():
+    lag2 = get_family("lag_2")
+    prefixes = torch.tensor([[5, 9, 5], [5, 9, 6], [250, 9, 250], [5, 300, 5]])
+    assert lag2.prefix_mass(prefixes, "any").tolist() == [256.0**-2, 0.0, 256.0**-2, 0.0]
+    assert lag2.prefix_mass(prefixes, "train").tolist() == [1 / (240 * 256), 0.0, 0.0, 0.0]
+    assert lag2.prefix_mass(prefixes, "held_out").tolist() == [0.0, 0.0, 1 / (16 * 256), 0.0]
+    assert lag2.prefix_mass(torch.zeros(3, 0, dtype=torch.long), "train").tolist() == [1.0] * 3
+    lag1 = get_family("lag_1")
+    assert lag1.prefix_mass(torch.tensor([[7], [7]]), "any").tolist() == [1 / 256, 1 / 256]
+    assert lag1.prefix_mass(torch.tensor([[7, 7, 7, 7], [7, 7, 7, 8]]), "train").tolist() == [1 / 240, 0.0]
+    with pytest.raises(ValueError, match="region must be one of"):
+        lag1.prefix_mass(prefixes, "test")
+
+
+@pytest.mark.parametrize("region", ["train", "held_out", "any"])
+def test_prefix_mass_sums_to_one_over_next_values_and_matches_draws(region):
+    """Summed over the 256 next values, the mass of [prefix, v] is the mass of the prefix (a
+    distribution); and the frequency of each first value in draws matches its mass."""
+    fam = get_family("lag_2")
+    nxt = torch.arange(256)
+    for row in map(torch.tensor, ([3], [245], [3, 3], [245, 17], [3, 4, 3])):
+        extended = torch.cat([row.expand(256, -1), nxt.unsqueeze(1)], dim=1)
+        total = fam.prefix_mass(extended, region).sum().item()
+        assert total == pytest.approx(fam.prefix_mass(row.unsqueeze(0), region).item(), rel=1e-12)
+    seqs, _ = fam.generate(50_000, 4, gen(9), region=region)
+    freq = torch.bincount(seqs[:, 0], minlength=256).double() / len(seqs)
+    mass = fam.prefix_mass(torch.arange(256).unsqueeze(1), region)
+    assert mass.sum().item() == pytest.approx(1.0)
+    assert (freq - mass).abs().max() < 0.004  # sd <= sqrt(1/16 / 50,000) = 0.0011
+
+
+@pytest.mark.parametrize("region", ["train", "held_out", "any"])
+def test_next_distribution_is_prefix_mass_of_every_extension(region):
+    """exp(log prefix mass) * P(next = v | prefix) == prefix_mass(prefix + [v]) at every position,
+    for rows that follow the lag, rows that break it, rows in and out of the band, and bad values."""
+    fam = get_family("lag_2")
+    inputs = torch.tensor([[5, 9, 5, 9], [250, 9, 250, 8], [5, 300, 5, 300], [7, 7, 7, 7]])
+    log_prefix, nxt = fam.next_distribution(inputs, region)
+    assert log_prefix.shape == (4, 4) and nxt.shape == (4, 4, 256)
+    assert torch.allclose(nxt.sum(-1), torch.ones(4, 4, dtype=torch.float64))
+    for b in range(4):
+        for p in range(4):
+            ext = torch.cat([inputs[b, : p + 1].expand(256, -1), torch.arange(256).unsqueeze(1)], dim=1)
+            want = fam.prefix_mass(ext, region)
+            assert torch.allclose(log_prefix[b, p].exp() * nxt[b, p], want, rtol=1e-12, atol=0), (b, p)
+    lag1 = get_family("lag_1").next_distribution(torch.tensor([[4, 4]]), "any")
+    assert lag1[0].tolist() == [[-math.log(256)] * 2] and lag1[1][0, :, 4].tolist() == [1.0, 1.0]
+    long = get_family("lag_64").next_distribution(torch.full((1, 65), 3), "any")[0]
+    assert long[0, -1].item() == pytest.approx(-64 * math.log(256))  # 256^-64: exact in log space

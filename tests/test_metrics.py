@@ -8,15 +8,25 @@ import torch
 from torch import nn
 
 from bench.data import FAMILY_NAMES
-from bench.data.curriculum import SequenceSet, make_test_set
+from bench.data.curriculum import SequenceSet, make_split_test_sets, make_test_set
 from bench.metrics import (
     ALL,
+    BASELINES,
+    CEILING,
+    LOOKUP,
+    POINT_BASELINES,
     RANDOM_BASELINE,
+    REFERENCES,
+    baseline_predictions,
     continuation,
     evaluate,
     evaluate_baselines,
+    evaluate_log_probs,
+    evaluate_predictions,
+    evaluate_splits,
     expected_uniform_distance,
     score_logits,
+    split_of,
 )
 
 
@@ -113,3 +123,43 @@ def test_continuation_accuracy_counts_generated_values():
     assert overall == pytest.approx(1 - 15 / (30 * 4))
     positions = table[(table.family == ALL) & table.phase.notna() & table.position.notna()]
     assert sorted(positions.position.unique()) == [3, 4, 5, 6]
+
+
+def test_reference_names():
+    assert BASELINES == ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
+    assert POINT_BASELINES == ("baseline_last_value", "baseline_extrapolate", "baseline_lookup")
+    assert (LOOKUP, CEILING) == ("baseline_lookup", "ceiling")
+    assert (*BASELINES, LOOKUP, CEILING) == REFERENCES
+
+
+def test_a_point_predictor_is_scored_like_the_baselines_and_a_distribution_like_a_model():
+    test = make_test_set(phases=(1, 2), per_family=10)
+    last = evaluate_predictions(lambda x: baseline_predictions("baseline_last_value", x), test)
+    base = evaluate_baselines(test)
+    pd.testing.assert_frame_equal(last, base[base.arch == "baseline_last_value"].drop(columns="arch")
+                                  .reset_index(drop=True))
+    assert set(last.metric) == {"accuracy", "distance_error"}
+    # uniform log-probabilities: loss ln 256; argmax ties go to value 0, so accuracy = share of zero targets
+    targets = test.seqs[:, 1:]
+    uniform = evaluate_log_probs(torch.full((*targets.shape, 256), -math.log(256)), test)
+    row = top(uniform)
+    assert row["loss"] == pytest.approx(math.log(256))
+    assert row["accuracy"] == pytest.approx((targets == 0).double().mean().item())
+    assert row["distance_error"] == pytest.approx(targets.double().mean().item())
+
+
+def test_splits_are_scored_each_with_its_split_and_length():
+    sets = make_split_test_sets(phases=(1,), length=8, per_family=6, lengths=(16,))
+    iid = sets["iid"]
+    labelled = {"iid_seen": iid.subset(slice(0, 5)), "iid_unseen": iid.subset(slice(5, None)), "ood": sets["ood"],
+                "length_16": sets["length_16"], "iid_none": iid.subset(slice(0, 0))}
+    known = [s.seqs for s in sets.values()]
+    oracle = Oracle(torch.cat([k for k in known if k.shape[1] == 8]))
+    oracle.table.update(Oracle(sets["length_16"].seqs).table)
+    table = evaluate_splits(oracle, labelled)
+    assert split_of("length_16") == "length" and split_of("ood") == "ood"
+    pairs = sorted(set(zip(table.split, table.length, strict=True)))
+    assert pairs == [("iid_seen", 8), ("iid_unseen", 8), ("length", 16), ("ood", 8)]  # the empty set has no rows
+    assert (table[table.metric == "accuracy"].value == 1.0).all()
+    overall = table[table.phase.isna() & (table.metric == "accuracy")].set_index("split").n
+    assert overall.to_dict() == {"iid_seen": 5 * 7, "iid_unseen": 13 * 7, "ood": 18 * 7, "length": 18 * 15}

@@ -20,7 +20,7 @@ from bench.models.backbone import ModelConfig, SequenceModel
 from bench.models.transformer import apply_rope
 
 ARCHS = mixer_names()
-EMBEDDINGS = ["learned", "numeric"]
+EMBEDDINGS = ["learned", "numeric", "both"]
 D, L, B = 16, 12, 3
 PREFILLS = sorted({0, 1, 3, L // 2, L - 1})
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -414,7 +414,7 @@ def test_build_model_from_mapping_and_dictconfig():
         build_model({**plain, "n_layer": 2})
     with pytest.raises(ValueError, match="n_heads"):
         build_model({**plain, "mixer": {"transformer": {"n_heads": 3}}})
-    with pytest.raises(ValueError, match="embedding"):
+    with pytest.raises(ValueError, match="embedding must be 'learned', 'numeric' or 'both', got 'onehot'"):
         build_model({**plain, "embedding": "onehot"})
 
 
@@ -443,6 +443,35 @@ def test_numeric_embedding_uses_value_and_position_only():
     torch.testing.assert_close(model._embed(tok[:, 2:], 2), emb[:, 2:], rtol=0, atol=0)  # step offset
     torch.testing.assert_close(model.embed.weight @ torch.tensor([1.0, 1.0], dtype=torch.float64)
                                + model.embed.bias, model._embed(torch.tensor([[255]]), L - 1)[0, 0])
+
+
+def test_both_embedding_is_learned_plus_numeric():
+    model = make_model("lstm", "both")
+    assert isinstance(model.embed, nn.Embedding) and model.embed_numeric.weight.shape == (D, 2)
+    tok = torch.tensor([[0, 51, 255]])
+    features = torch.tensor([[0.0, 0.0], [0.2, 1 / (L - 1)], [1.0, 2 / (L - 1)]], dtype=torch.float64)
+    hand = model.embed.weight[tok[0]] + features @ model.embed_numeric.weight.T + model.embed_numeric.bias
+    torch.testing.assert_close(model._embed(tok, 0)[0], hand, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model._embed(tok[:, 1:], 1), model._embed(tok, 0)[:, 1:], rtol=0, atol=0)
+    learned, numeric = make_model("lstm", "learned"), make_model("lstm", "numeric")
+    learned.embed.load_state_dict(model.embed.state_dict())
+    numeric.embed.load_state_dict(model.embed_numeric.state_dict())
+    summed = learned._embed(tok, 3) + numeric._embed(tok, 3)
+    torch.testing.assert_close(model._embed(tok, 3), summed, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_model_runs_past_max_len(arch, embedding):  # the length split: trained at max_len, evaluated at 4x
+    model, tok = make_model(arch, embedding), tokens(length=4 * L)
+    logits = model(tok)
+    assert logits.shape == (B, 4 * L, 256) and torch.isfinite(logits).all()
+    pre, state = model.prefill(tok[:, :-1])
+    step_logits, _ = model.step(tok[:, -1], state)
+    torch.testing.assert_close(torch.cat((pre, step_logits[:, None]), 1), logits, rtol=0, atol=1e-10)
+    if embedding != "learned":  # the position feature goes past 1 there: (4L - 1) / (L - 1)
+        features = model._features(tok, 0)
+        assert features[0, -1, 1].item() == pytest.approx((4 * L - 1) / (L - 1))
 
 
 def test_generate_edge_cases():

@@ -22,13 +22,24 @@ from bench.report import FIGURES, MissingResults, ReportInputError, build_report
 from bench.report.figures import ARCH_ORDER, PALETTE, arch_color
 from bench.report.markdown import fmt_ci
 from bench.report.stats import holm, mean_ci, sign_test, t_quantile
-from bench.report.tables import lag_accuracy, paired_comparisons
+from bench.report.tables import lag_accuracy, paired_comparisons, verdict
 
-SECTIONS = ["## 1. What was run", "## 2. Headline", "## 3. Paired comparisons", "## 4. Figures", "## 5. Findings"]
-ARCHS = {"transformer": 0.9, "lstm": 0.5, "mamba": 0.5}  # accuracy on predictable positions
+SECTIONS = ["## 1. What was run", "## 2. Headline", "## 3. Against the ceiling", "## 4. Paired comparisons",
+            "## 5. Real sequences (OEIS)", "## 6. Figures", "## 7. Findings"]
+ARCHS = {"transformer": 0.9, "lstm": 0.5, "mamba": 0.5}  # iid_unseen accuracy on predictable positions
+OOD = {"transformer": 0.4, "lstm": 0.8, "mamba": 0.8}  # the same on ood: transformer below lstm
+SEEN = {"transformer": 0.0123, "lstm": 0.9876, "mamba": 0.0123}  # iid_seen accuracy: would reorder a pooled table
+LENGTHS = {16: 0.5, 32: 0.25}  # the length split: accuracy = iid_unseen rate × this
 FAMILIES = ("lag_1", "lag_2")
-SEEDS = (0, 1, 2)
 N_SEQ, LENGTH = 10, 8
+SEEDS = (0, 1, 2, 3, 4)
+VAL_CEILING = {0: 0.8, 1: 0.8, 2: 0.55, 3: 0.8, 4: 0.8}  # the ceiling on each seed's fixed validation set
+SPLIT_SIZES = {f: [("iid_seen", LENGTH, seen), ("iid_unseen", LENGTH, 10 - seen), ("ood", LENGTH, 10),
+                   ("length", 16, 10), ("length", 32, 10)] for f, seen in (("lag_1", 4), ("lag_2", 1))}
+OEIS_WINDOWS = {"periodic": 40, "arithmetic": 30, "recurrence_1": 20, "recurrence_2": 10, "taught": 100,
+                "other": 50, "all": 150}
+OEIS_MODEL = {"transformer": 0.30, "lstm": 0.20, "mamba": 0.10}  # + 0.01 · seed
+OEIS_BASELINE = {"baseline_last_value": 0.55, "baseline_extrapolate": 0.45, "baseline_lookup": 0.05}
 CKA_LAST = {("lstm", "mamba"): 0.8, ("lstm", "transformer"): 0.4, ("mamba", "transformer"): 0.5}  # last blocks
 publish_module = importlib.import_module("bench.report.publish")  # the package's `publish` is the function
 STUDIES = [name for arch in ARCHS for name in (f"smoke/{arch}", f"smoke/{arch}/final")]  # the Optuna studies
@@ -67,16 +78,31 @@ def test_paired_test_flags_a_clear_difference_and_not_a_null_one():
     assert pairs.loc[("a", "b"), "diff"] == pytest.approx(0.05)
     assert not pairs.loc[("b", "c"), "significant"] and pairs.loc[("b", "c"), "p_boot"] > 0.5
     assert (pairs["cells"] == 12).all()
+    # separable: both Holm-adjusted tests; 12 of 12 cells gives sign p 2/4096, Holm x3 (b−c: 6 wins, 6 losses)
+    assert pairs.loc[("a", "b"), "p_sign_holm"] == pytest.approx(3 * 2 / 4096) and pairs.loc[("a", "b"), "separable"]
+    assert not pairs.loc[("b", "c"), "separable"]
+
+
+def test_verdict_names_a_best_only_when_it_is_separable_from_every_other():
+    pairs = pd.DataFrame([{"a": "a", "b": "b", "diff": 0.1, "separable": True},
+                          {"a": "a", "b": "c", "diff": 0.2, "separable": True},
+                          {"a": "b", "b": "c", "diff": 0.1, "separable": False}])
+    assert verdict(["a", "b", "c"], pairs) == ("a", ["a"])
+    assert verdict(["a", "b", "c"], pairs.assign(separable=[False, True, False])) == (None, ["a", "b"])
+    assert verdict(["a", "b", "c"], pairs.assign(diff=[-0.1, 0.2, 0.1])) == (None, ["a", "b"])  # b ahead of a
+    assert verdict(["a", "c"], pairs.iloc[[1]]) == ("a", ["a"]) and verdict(["a"], pairs.iloc[:0]) == (None, ["a"])
 
 
 def test_lag_accuracy_counts_only_predictable_positions():
     rows = []  # lag_k: positions p < k-1 are all right, p >= k-1 half right: only the latter may count
     for k in (1, 4):
         for p in range(7):
-            rows.append({"arch": "x", "seed": 0, "phase": 4, "family": f"lag_{k}", "position": p,
-                         "metric": "accuracy", "value": 1.0 if p < k - 1 else 0.25 * (p % 2) + 0.5, "n": 10})
-    rows.append({"arch": "x", "seed": 0, "phase": 4, "family": "lag_4", "position": None, "metric": "accuracy",
-                 "value": 0.9, "n": 70})  # the family row (all positions) must not count either
+            rows.append({"arch": "x", "seed": 0, "split": "iid_unseen", "phase": 4, "family": f"lag_{k}",
+                         "position": p, "metric": "accuracy", "value": 1.0 if p < k - 1 else 0.25 * (p % 2) + 0.5,
+                         "n": 10})
+            rows.append({**rows[-1], "split": "iid_seen", "value": 1.0})  # memorised: never counts
+    rows.append({"arch": "x", "seed": 0, "split": "iid_unseen", "phase": 4, "family": "lag_4", "position": None,
+                 "metric": "accuracy", "value": 0.9, "n": 70})  # the family row (all positions) must not count either
     table = lag_accuracy(pd.DataFrame(rows).astype({"position": "Int64"})).set_index("k")
     predictable = {1: [0.5, 0.75, 0.5, 0.75, 0.5, 0.75, 0.5], 4: [0.75, 0.5, 0.75, 0.5]}  # p >= k-1
     for k, values in predictable.items():
@@ -123,48 +149,116 @@ def write_study(cfg, tables: dict[str, pd.DataFrame], meta: dict) -> None:
     (out / "meta.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(meta)))
 
 
-def make_study(tmp_path: Path, storage: bool = True) -> tuple:
-    """A tiny stored study written as bench.run writes one, plus (if `storage`) its Optuna storage:
-    transformer beats lstm in every (seed, family) cell; mamba differs from lstm by ±1 sequence,
-    alternating; mamba's seed 2 failed."""
-    out = tmp_path / "study"
-    cfg = compose_config(["study=smoke", f"out_dir={out}", "archs=[lstm,mamba,transformer]", "seeds=[0,1,2]",
-                          "search.n_trials=4", "progress=false", "mutual.weight=1"])
-    results, history, runs, trials, decay, mutual, mutual_runs = [], [], [], [], [], [], []
+SPLIT_RATES = {"iid_unseen": ARCHS, "ood": OOD}  # the splits a headline may show
+
+
+def _top(arch: str, seed: int, split: str, length: int, **metrics: float) -> pd.DataFrame:
+    """Rows over a whole split (phase <NA>, family 'all', position <NA>), as aggregate writes them."""
+    return pd.DataFrame([{"phase": pd.NA, "family": "all", "position": pd.NA, "metric": m, "value": v, "n": 40}
+                         for m, v in metrics.items()]).astype({"phase": "Int64", "position": "Int64"}).assign(
+        arch=arch, seed=seed, split=split, length=length)
+
+
+def _split_results(seed: int, failed: set) -> list[pd.DataFrame]:
+    """Every arch's rows of one seed, per split: the models' (iid_seen planted at SEEN), the baselines'
+    (last value right on lag_1, 0.5 of it on ood; lookup planted at 0.6 on lag_2 iid_unseen) and the
+    ceiling's (every predictable position right); the length split at its two lengths, whole split only."""
     base = pd.DataFrame({"phase": 4, "family": np.repeat(FAMILIES, N_SEQ * (LENGTH - 1)),
                          "position": np.tile(np.arange(LENGTH - 1), N_SEQ * len(FAMILIES))})
+    out = []
+    for split in ("iid_seen", "iid_unseen", "ood"):
+        lag_1 = (base.family == "lag_1").astype(float) * (0.5 if split == "ood" else 1.0)
+        lookup = (base.family == "lag_2").astype(float) * (0.6 if split == "iid_unseen" else 0.0)
+        frames = {"baseline_uniform": base.assign(accuracy=1 / 256, distance_error=85.33, loss=math.log(256)),
+                  "baseline_last_value": base.assign(accuracy=lag_1, distance_error=40.0),
+                  "baseline_extrapolate": base.assign(accuracy=0.0, distance_error=80.0),
+                  "baseline_lookup": base.assign(accuracy=lookup, distance_error=30.0)}
+        tables = {name: aggregate(f) for name, f in frames.items()}
+        tables["ceiling"] = _scores({f: 1.0 for f in FAMILIES})
+        for arch, rate in ARCHS.items():
+            if (arch, seed) in failed:
+                continue
+            rates = {f: SPLIT_RATES.get(split, ARCHS)[arch] + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0)
+                     for i, f in enumerate(FAMILIES)}
+            tables[arch] = _scores(rates)
+            if split == "iid_seen":  # memorised: never to be shown
+                t = tables[arch]
+                tables[arch] = t.assign(value=np.where(t.metric == "accuracy", SEEN[arch], t.value))
+            else:
+                out.append(_top(arch, seed, split, LENGTH, continuation_accuracy=rate * 0.9))
+        out += [t.assign(arch=name, seed=seed, split=split, length=LENGTH) for name, t in tables.items()]
+    for length, scale in LENGTHS.items():
+        out.append(_top("ceiling", seed, "length", length, accuracy=scale))
+        out += [_top(arch, seed, "length", length, accuracy=rate * scale) for arch, rate in ARCHS.items()
+                if (arch, seed) not in failed]
+    return out
+
+
+def _ceiling_table() -> pd.DataFrame:
+    """ceiling.parquet: the mixture and family-known ceilings per (region, family, position) at the
+    training length (lag_1 every position, lag_2 from position 1: identifiable; lag_2's position 0 a
+    Monte Carlo estimate), and each seed's ceiling on its fixed validation set (VAL_CEILING)."""
+    rows = []
+    for kind in ("mixture", "family_known"):
+        for region in ("train", "held_out"):
+            for family in FAMILIES:
+                for p in [*range(LENGTH - 1), None]:
+                    mc = family == "lag_2" and p == 0
+                    acc = 0.5 if mc else 13 / 14 if p is None else 1.0
+                    rows.append({"set": kind, "region": region, "length": LENGTH, "seed": pd.NA, "family": family,
+                                 "position": p, "accuracy": acc, "loss": 0.0 if acc == 1 else 0.7,
+                                 "method": "monte_carlo" if mc else "exact", "se": 0.01 if mc else 0.0})
+    rows += [{"set": "validation", "region": "train", "length": LENGTH, "seed": seed, "family": "all",
+              "position": pd.NA, "accuracy": c, "loss": 0.5, "method": "exact", "se": 0.0}
+             for seed, c in VAL_CEILING.items()]
+    return pd.DataFrame(rows).astype({"seed": "Int64", "position": "Int64"}).assign(study="smoke")
+
+
+def _oeis_table(models: list[tuple[str, int]]) -> pd.DataFrame:
+    """oeis.parquet: each model OEIS_MODEL + 0.01·seed on every kind, the baselines OEIS_BASELINE on every seed."""
+    rows = [{"arch": arch, "seed": seed, "kind": kind, "metric": "accuracy", "value": value, "n": 7 * w, "windows": w}
+            for kind, w in OEIS_WINDOWS.items()
+            for arch, seed, value in [*((a, s, OEIS_MODEL[a] + 0.01 * s) for a, s in models),
+                                      *((b, s, v) for b, v in OEIS_BASELINE.items() for s in SEEDS)]]
+    return pd.DataFrame(rows).assign(study="smoke")
+
+
+def make_study(tmp_path: Path, storage: bool = True) -> tuple:
+    """A tiny stored study written as bench.run writes one, plus (if `storage`) its Optuna storage:
+    transformer beats lstm and mamba in every (seed, family) cell of iid_unseen (and loses on ood);
+    mamba differs from lstm by ±1 sequence, alternating; mamba's seed 2 failed; iid_seen planted
+    with SEEN, which no headline may show."""
+    out = tmp_path / "study"
+    cfg = compose_config(["study=smoke", f"out_dir={out}", "archs=[lstm,mamba,transformer]",
+                          f"seeds=[{','.join(map(str, SEEDS))}]", "search.n_trials=4", "progress=false",
+                          "mutual.weight=1"])
+    failed = {("mamba", 2)}
+    results, history, runs, trials, decay, mutual, mutual_runs = [], [], [], [], [], [], []
     for seed in SEEDS:
-        uniform = base.assign(accuracy=1 / 256, distance_error=85.33, loss=math.log(256))
-        last = base.assign(accuracy=(base.family == "lag_1").astype(float), distance_error=40.0)
-        for name, frame in (("baseline_uniform", uniform), ("baseline_last_value", last),
-                            ("baseline_extrapolate", base.assign(accuracy=0.0, distance_error=80.0))):
-            results.append(aggregate(frame).assign(arch=name, seed=seed))
+        results += _split_results(seed, failed)
         for j, (arch, rate) in enumerate(ARCHS.items()):
-            status = "failed" if (arch, seed) == ("mamba", 2) else "ok"
+            status = "failed" if (arch, seed) in failed else "ok"
             runs.append({"study": "smoke", "stage": "final", "arch": arch, "seed": seed, "status": status,
                          "reason": "non-finite loss (nan) at step 3" if status != "ok" else "",
                          "d_model": 32, "num_layers": 2, "d_state": 16.0 if arch == "mamba" else np.nan,
                          "d_conv": 4.0 if arch == "mamba" else np.nan, "expand": 2.0 if arch == "mamba" else np.nan,
                          "lr": 3e-3, "num_params": 10_000 * (j + 1), "tokens": 4 * 32 * 7})
-            for step in (1, 2, 3, 4):
+            for step in (1, 2, 3, 4):  # fresh_accuracy (the monitor) planted high: tokens must read val_accuracy
                 for metric, value in (("val_accuracy", rate * step / 4), ("val_loss", 3 / step),
-                                      ("val_ce", 2.5 / step), ("train_loss", 3.2 / step)):
+                                      ("val_ce", 2.5 / step), ("train_loss", 3.2 / step), ("fresh_accuracy", 0.99),
+                                      ("fresh_loss", 1.0), ("fresh_ce", 1.0), ("fresh_distance_error", 1.0)):
                     history.append({"study": "smoke", "arch": arch, "seed": seed, "step": step,
                                     "tokens": step * 32 * 7, "epoch": float(step), "metric": metric,
-                                    "value": value + 0.01 * seed})
+                                    "value": value + (0.01 * seed if not metric.startswith("fresh") else 0.0)})
             if status != "ok":
                 continue
-            # mamba: one sequence more or fewer than lstm, alternating over the cells (mean difference 0)
-            rates = {f: rate + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0) for i, f in enumerate(FAMILIES)}
-            results.append(_scores(rates).assign(arch=arch, seed=seed))
             # mutual stage: transformer gains 1 sequence in every cell, the others are unchanged
+            rates = {f: rate + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0) for i, f in enumerate(FAMILIES)}
             gain = 1 / N_SEQ if arch == "transformer" else 0.0
-            mutual.append(_scores({f: r + gain for f, r in rates.items()}).assign(arch=arch, seed=seed))
+            mutual.append(_scores({f: r + gain for f, r in rates.items()}).assign(arch=arch, seed=seed,
+                                                                                 split="iid_unseen", length=LENGTH))
             mutual_runs.append({"study": "smoke", "stage": "mutual", "arch": arch, "seed": seed, "status": "ok",
                                 "reason": ""})
-            results.append(pd.DataFrame([{"phase": pd.NA, "family": "all", "position": pd.NA,
-                                          "metric": "continuation_accuracy", "value": rate * 0.9, "n": 40}])
-                           .astype({"phase": "Int64", "position": "Int64"}).assign(arch=arch, seed=seed))
             for variant in ("gradient", "perturbation"):
                 for k in range(1, LENGTH):
                     decay.append({"study": "smoke", "arch": arch, "seed": seed, "variant": variant, "k": k,
@@ -174,7 +268,7 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
             trials.append({"study": "smoke", "stage": "search", "arch": arch, "number": number, "state": "COMPLETE",
                            "value": 1.0 + number, "counted": True, "num_params": 5_000 * (number + 1),
                            "val_accuracy": 0.2 + 0.1 * number})
-    cols = ["study", "stage", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
+    cols = ["study", "stage", "arch", "seed", "split", "length", "phase", "family", "position", "metric", "value", "n"]
     models = [(r["arch"], r["seed"]) for r in runs if r["status"] == "ok"]
     tables = {
         "results": pd.concat(results, ignore_index=True).assign(study="smoke", stage="final")[cols],
@@ -182,6 +276,10 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
         "overlap": pd.DataFrame([{"phase": 4, "family": f, "n": N_SEQ, "seen": 10 if f == "lag_1" else 1,
                                   "seen_fraction": 1.0 if f == "lag_1" else 0.1, "seed": s, "study": "smoke"}
                                  for s in SEEDS for f in FAMILIES]),
+        "splits": pd.DataFrame([{"study": "smoke", "seed": s, "phase": 4, "family": f, "split": split, "length": L,
+                                 "n_sequences": n}
+                                for s in SEEDS for f in FAMILIES for split, L, n in SPLIT_SIZES[f]]),
+        "ceiling": _ceiling_table(), "oeis": _oeis_table(models),
         "decay": pd.DataFrame(decay),
         "mutual": pd.concat(mutual, ignore_index=True).assign(study="smoke", stage="mutual")[cols],
         "mutual_runs": pd.DataFrame(mutual_runs),
@@ -211,6 +309,73 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
     return cfg, out
 
 
+def _check_headline(text: str) -> list[str]:
+    """Section 2 of the hand-made study's report; returns the architectures in the order shown."""
+    # section 2: sorted by iid_unseen accuracy, intervals, ratios, splits, tokens to the ceiling, references
+    headline = text[text.index(SECTIONS[1]):text.index(SECTIONS[2])]
+    rows = [line for line in headline.splitlines() if line.startswith("| **")]
+    order = [re.match(r"\| \*\*(\w+)\*\*", r).group(1) for r in rows[:3]]
+    assert order[0] == "transformer" and sorted(order) == sorted(ARCHS)  # lstm and mamba tie on average
+    transformer = mean_ci([0.9 * 13 / 14] * len(SEEDS))
+    # iid_unseen 13/14 of 90 %; / ceiling (13/14) 90 %; ood 40 % of 13/14 and of the ceiling; lengths 16, 32
+    assert (f"| {100 * transformer[0]:.1f} ± 0.0 | 90.0 ± 0.0 | 37.1 ± 0.0 | 40.0 ± 0.0 | 45.0 ± 0.0 | 22.5 ± 0.0 |"
+            in rows[0])
+    # tokens to 50 % / 90 % of each seed's validation ceiling (VAL_CEILING), val_accuracy rate·step/4 + 0.01·seed:
+    # transformer: 448 on every seed; 896 on four, 672 on seed 2 (ceiling 0.55) -> 851
+    assert rows[0].endswith("| 448 | 851 | 5 |")
+    # lstm: 50 % at 896, 896, 672, 672, 672 -> 762; 90 % only on seed 2
+    assert rows[1 + order[1:].index("lstm")].endswith("| 762 | not reached in 4 of 5 seeds | 5 |")
+    assert rows[1 + order[1:].index("mamba")].endswith("| 784 | not reached | 4 |")  # seeds 0, 1, 3, 4
+    table = headline[:headline.index("<!-- /headline -->")]
+    refs = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| *")}
+    assert {"*baseline: uniform*", "*baseline: last value*", "*baseline: extrapolate*", "*baseline: lookup*",
+            "*ceiling (Bayes)*"} <= set(refs)
+    assert "| 92.9 | 100.0 | 92.9 | 100.0 | 50.0 | 25.0 |" in refs["*ceiling (Bayes)*"]
+    assert "non-finite loss (nan) at step 3" in headline and "Failed runs (1 of 15)" in headline
+    return order
+
+
+def _check_ceiling(text: str) -> None:
+    """Section 3: accuracy / ceiling per family, flags, identifiable positions, the ceiling table."""
+    # section 3: accuracy / ceiling per family, the below-baseline flags exactly where planted
+    ceiling = text[text.index(SECTIONS[2]):text.index(SECTIONS[3])]
+    flagged = set()
+    for split, part in zip(("iid_unseen", "ood"), ceiling.split("**iid_unseen**")[1].split("**ood**"), strict=True):
+        for line in part.splitlines():
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            if line.startswith("| **"):
+                flagged |= {(cells[0].strip("*"), f, split) for f, c in zip(FAMILIES, cells[1:], strict=True)
+                            if c.endswith("↓")}
+    assert flagged == {("transformer", "lag_1", "iid_unseen"), ("lstm", "lag_1", "iid_unseen"),
+                       ("mamba", "lag_1", "iid_unseen"), ("lstm", "lag_2", "iid_unseen"),
+                       ("mamba", "lag_2", "iid_unseen"), ("transformer", "lag_1", "ood")}
+    assert "| **transformer** | 90 ↓ | 90 |" in ceiling and "lstm on lag_2 (lookup 60.0 % > 42.9 %)" in ceiling
+    assert "| **transformer** | 40 ↓ | 40 |" in ceiling and "| *ceiling accuracy (%)* | 100.0 | 85.7 |" in ceiling
+    # identifiable positions: lag_1 from position 0, lag_2 from 1 (its position 0 is a Monte Carlo 50 %)
+    assert "13 (family, position) cells" in ceiling and "(per family: lag_1 7, lag_2 6)" in ceiling
+    assert "| **transformer** | 90.0 ± 0.0 | 5 |" in ceiling and "| *ceiling (Bayes)* | 100.0 | 5 |" in ceiling
+    assert "| train | lag_2 | 0 | 50.0 | 0.700 | 50.0 | 0.700 | monte_carlo | 1.00 |" in ceiling
+
+
+def _check_pairs_and_oeis(text: str, order: list[str]) -> None:
+    """Sections 4 and 5: paired comparisons per split, the OEIS scores."""
+    # section 4: on iid_unseen transformer beats lstm in every cell (separable), mamba vs lstm is noise; on ood
+    # the order turns
+    pairs = text[text.index(SECTIONS[3]):text.index(SECTIONS[4])]
+    for split, part in zip(("iid_unseen", "ood"), pairs.split("**iid_unseen**")[1].split("**ood**"), strict=True):
+        matrix = {line.split("|")[1].strip(" *"): line.split("|")[2:-1]
+                  for line in part.splitlines() if line.startswith("| **")}
+        cell = lambda a, b: matrix[a][order.index(b)].strip()  # noqa: E731, B023
+        sign = "+" if split == "iid_unseen" else "-"
+        assert cell("transformer", "lstm").endswith("*") and cell("transformer", "lstm").startswith(sign), split
+        assert cell("lstm", "transformer").endswith("*") and not cell("lstm", "mamba").endswith("*"), split
+    # section 5: OEIS, each kind beside the baselines, with its window count and the source's licence
+    oeis = text[text.index(SECTIONS[4]):text.index(SECTIONS[5])]
+    assert "| **transformer** | 32.0 ± 2.0 | 32.0 ± 2.0 |" in oeis  # 0.30 + 0.01·seed: t₄·s/√5 = 0.0196
+    assert "| **mamba** | 12.0 ± 2.9 |" in oeis and "| *baseline: last value* | 55.0 | 55.0 |" in oeis
+    assert "| *windows* | 40 | 30 | 20 | 10 | 100 | 50 | 150 |" in oeis and "CC BY-SA 4.0" in oeis
+
+
 def test_report_from_a_hand_made_study(tmp_path, capsys):
     cfg, out = make_study(tmp_path)
     readme = build_report(out, tmp_path / "report", storage_url=cfg.storage_url, study_names=STUDIES)
@@ -221,29 +386,27 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
         assert (readme.parent / name).stat().st_size > 5000, name
         assert f"]({name})" in text, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
-    # section 1
+    # section 1, with the split sizes per seed
     assert "python -m bench.run study=smoke" in text and "abc1234" in text and "lag_1 100 %" in text
-    # section 2: sorted by accuracy, intervals, baselines, failed run
-    headline = text[text.index(SECTIONS[1]):text.index(SECTIONS[2])]
-    rows = [line for line in headline.splitlines() if line.startswith("| **")]
-    order = [re.match(r"\| \*\*(\w+)\*\*", r).group(1) for r in rows]
-    assert order[0] == "transformer" and sorted(order) == sorted(ARCHS)  # lstm and mamba tie on average
-    transformer = mean_ci([0.9 * 13 / 14] * 3)
-    assert f"{100 * transformer[0]:.1f} ± 0.0" in rows[0]  # identical on every seed: a zero-width interval
-    assert "*baseline: uniform*" in headline and "*baseline: last value*" in headline
-    assert "non-finite loss (nan) at step 3" in headline and "Failed runs (1 of 9)" in headline
-    # section 3: transformer beats lstm in every cell (significant); mamba vs lstm is noise
-    matrix = {line.split("|")[1].strip(" *"): line.split("|")[2:-1]
-              for line in text[text.index(SECTIONS[2]):].splitlines() if line.startswith("| **")}
-    cell = lambda a, b: matrix[a][order.index(b)].strip()  # noqa: E731
-    assert cell("transformer", "lstm").endswith("*") and cell("transformer", "lstm").startswith("+")
-    assert cell("lstm", "transformer").startswith("-") and cell("lstm", "transformer").endswith("*")
-    assert not cell("lstm", "mamba").endswith("*")
-    # section 5: generated from the numbers
-    findings = text[text.index(SECTIONS[4]):]
-    assert "**Best overall:** transformer" in findings and "transformer > lstm" in findings
+    assert "| seed | iid_seen | iid_unseen | ood | length 16 | length 32 |" in text
+    assert "| 4 | 5 | 15 | 20 | 20 | 20 |" in text
+    # the first line: transformer is separable from both others on iid_unseen, and at 90 % of the ceiling
+    assert text.splitlines()[2].startswith("Best: **transformer** at 83.6 % iid_unseen accuracy (90.0 % of the "
+                                           "ceiling)")
+    assert "transformer reached 90 % of the ceiling on iid_unseen." in text.splitlines()[2]
+    # iid_seen (planted at 98.76 % for lstm, 1.23 % for the others) shows nowhere
+    assert not re.search(r"98\.[78]", text)
+    order = _check_headline(text)
+    _check_ceiling(text)
+    _check_pairs_and_oeis(text, order)
+    # section 7: generated from the numbers
+    findings = text[text.index(SECTIONS[6]):]
+    assert "**Best:** transformer" in findings and "transformer > lstm" in findings
+    assert "on ood 2 differences of 3 pairs: lstm > transformer" in findings
     assert "k=7 (mamba)" in findings  # exp(-(k-1)/3) > 0.1 up to k=7
     assert "transformer 2" in findings  # lag recall: 90 % of the predictable positions at lag 2
+    assert ("**Real sequences** (OEIS): on the taught kinds the best architecture scores 32.0 % (transformer), the "
+            "best baseline 55.0 % (last value)") in findings
     # 4g and its finding: representation similarity
     assert "### g. Representation similarity" in text and "](cka.png)" in text and "](cka_layers.png)" in text
     assert re.search(r"most similar pair of architectures is (lstm–mamba|mamba–lstm) \(0\.80\), the least similar "
@@ -258,13 +421,13 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     slugs = {"#" + re.sub(r"[^\w\- ]", "", h.lstrip("#").strip().lower()).replace(" ", "-")
              for h in text.splitlines() if h.startswith("#")}
     links = re.findall(r"\]\((#[^)]+)\)", text)
-    assert {"#d-memory", "#6-mutual-learning", "#2-headline"} <= set(links) <= slugs
+    assert {"#d-memory", "#8-mutual-learning", "#2-headline", "#3-against-the-ceiling"} <= set(links) <= slugs
     # section 6: mutual learning helps transformer (one more sequence right in every cell), no one else
-    mutual = text[text.index("## 6. Mutual learning"):]
+    mutual = text[text.index("## 8. Mutual learning"):]
     rows = {line.split("|")[1].strip(): line for line in mutual.splitlines() if line.startswith("| ")}
     assert "**helps**" in rows["transformer"] and "+9.29 ± 0.00" in rows["transformer"]  # 1/10 of 13/14 predictable
-    assert "no detectable effect" in rows["lstm"] and "+0.00" in rows["lstm"] and "| 0/6/0 |" in rows["lstm"]
-    assert "6/0/0" in rows["transformer"] and "](mutual.png)" in mutual
+    assert "no detectable effect" in rows["lstm"] and "+0.00" in rows["lstm"] and "| 0/10/0 |" in rows["lstm"]
+    assert "10/0/0" in rows["transformer"] and "](mutual.png)" in mutual
     assert "**Mutual learning** (KL weight 1.0): it helps transformer (+9.3 pp); has no detectable effect on " \
            "lstm (+0.0 pp) and mamba (+0.0 pp)" in findings
     # published: a note on every study, the README and figures as artifacts of every final study
@@ -288,6 +451,30 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     assert len(list((out / "artifacts").rglob("*"))) == files
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(study_name="smoke/lstm/final",
                                                                         storage=storage))) == len(FIGURES) + 1
+
+
+def test_a_tied_study_never_gets_best_and_says_how_far_it_got(tmp_path):
+    """transformer given lstm's scores on every split: no architecture is separable on iid_unseen, so
+    the first line names the top group, and none reached 90 % of the ceiling: the study's longer
+    budget (`long_study` in its stored configuration) is named."""
+    _, out = make_study(tmp_path, storage=False)
+    results = pd.read_parquet(out / "results.parquet")
+    keys = ["seed", "split", "length", "phase", "family", "position", "metric"]
+    lstm = results[results.arch == "lstm"].set_index(keys)["value"]
+    mine = results.arch == "transformer"
+    results.loc[mine, "value"] = results.loc[mine].set_index(keys).index.map(lstm).to_numpy()
+    results.to_parquet(out / "results.parquet", index=False)
+    stored = OmegaConf.load(out / "config.yaml")
+    stored.long_study = "smoke_long"
+    OmegaConf.save(stored, out / "config.yaml")
+    text = build_report(out, tmp_path / "report").read_text()
+    assert "Best" not in text
+    first = text.splitlines()[2]
+    group = re.match(r"Top group \(not separable at this budget\): (.+?)\. ", first)
+    assert group and sorted(group.group(1).split(", ")) == sorted(ARCHS)
+    assert ("No architecture reached 90 % of the ceiling on iid_unseen at this budget (closest: " in first
+            and "at 50.0 % of it); a longer budget (`study=smoke_long`) aims for it." in first)
+    assert "**Top group** (not separable at this budget, iid_unseen accuracy)" in text
 
 
 def test_two_publishes_at_once_leave_one_artifact_per_file(tmp_path, monkeypatch):
@@ -369,7 +556,7 @@ def test_a_study_whose_runs_all_failed_still_reports(tmp_path):
     runs = pd.read_parquet(out / "runs.parquet").assign(status="failed", reason="non-finite loss")
     runs.to_parquet(out / "runs.parquet", index=False)
     text = build_report(out, tmp_path / "report").read_text()
-    assert "Failed runs (9 of 9)" in text and "No architecture has results" in text
+    assert "Failed runs (15 of 15)" in text and "No architecture has results" in text
     assert "Fewer than two architectures" in text
 
 
@@ -424,6 +611,6 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
     assert not (readme.parent / "lag_accuracy.png").exists()
     assert "| **lstm** |" in text and "| **transformer** |" in text and "*baseline: extrapolate*" in text
     assert "two independent random embedding tables already score" in text  # collection stored cka_floor
-    assert "## 6. Mutual learning" in text and "| lstm |" in text[text.index("## 6."):]
+    assert "## 8. Mutual learning" in text and "| lstm |" in text[text.index("## 8."):]
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(
         study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES)

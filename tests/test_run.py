@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.experiment.config import ConfigError, compose_config, study_names, validate
-from bench.metrics import BASELINES
+from bench.metrics import REFERENCES
 from bench.models import mixer_names
 from bench.run import main
 
@@ -34,6 +34,8 @@ def test_studies_exist_and_compose():
         assert cfg.name == name
         if name == "mutual":  # a chosen cohort of four mechanisms
             assert len(cfg.arch_list) == 4 and set(cfg.arch_list) <= set(mixer_names()) and cfg.mutual.weight > 0
+        elif name == "backbone":  # the ablation: two or three architectures under each variant
+            assert 2 <= len(cfg.arch_list) <= 3 and set(cfg.arch_list) <= set(mixer_names()) and cfg.variants
         else:  # every registered architecture joins every other study
             assert cfg.arch_list == mixer_names() and cfg.mutual.weight is None
 
@@ -41,18 +43,24 @@ def test_studies_exist_and_compose():
 @pytest.mark.slow
 @pytest.mark.parametrize("study", study_names())
 def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
-    out = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]", "search.n_trials=1")
+    root = run_cli(tmp_path, f"study={study}", *TINY, "seeds=[0]", "search.n_trials=1")
     cfg = compose_config([f"study={study}"])
-    results = pd.read_parquet(out / "results.parquet")
-    assert {"arch", "seed", "phase", "family", "metric", "value", "position", "study", "stage"} <= set(results.columns)
-    trials = pd.read_parquet(out / "trials.parquet")
-    stages = {"final": len(cfg.arch_list), "search": len(cfg.arch_list)}
-    assert trials.groupby("stage").arch.nunique().to_dict() == stages | ({"mutual": 1} if cfg.mutual.weight else {})
-    assert set(results.arch) == set(cfg.arch_list) | set(BASELINES)
-    assert {"accuracy", "distance_error", "loss", "continuation_accuracy"} <= set(results.metric)
-    assert set(results.phase.dropna()) == set(cfg.data.phases)
+    for out in [root / v for v in cfg.variants] or [root]:  # an ablation: one study per variant
+        results = pd.read_parquet(out / "results.parquet")
+        assert {"arch", "seed", "split", "length", "phase", "family", "metric", "value", "position", "study",
+                "stage"} <= set(results.columns)
+        trials = pd.read_parquet(out / "trials.parquet")
+        stages = {"final": len(cfg.arch_list), "search": len(cfg.arch_list)}
+        assert trials.groupby("stage").arch.nunique().to_dict() == stages | ({"mutual": 1} if cfg.mutual.weight
+                                                                              else {})
+        assert set(results.arch) == set(cfg.arch_list) | set(REFERENCES)
+        assert {"accuracy", "distance_error", "loss", "continuation_accuracy"} <= set(results.metric)
+        lengths = {("length", n) for n in cfg.test_length_list}
+        assert set(zip(results.split, results.length, strict=True)) - {("iid_seen", cfg.data.length)} == \
+            {("iid_unseen", cfg.data.length), ("ood", cfg.data.length)} | lengths
+        assert set(results.phase.dropna()) == set(cfg.data.phases)
     if cfg.mutual.weight:
-        assert set(pd.read_parquet(out / "mutual.parquet").arch) == set(cfg.arch_list)
+        assert set(pd.read_parquet(root / "mutual.parquet").arch) == set(cfg.arch_list)
 
 
 @pytest.mark.slow
@@ -62,7 +70,8 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     assert "accuracy" in printed and "baseline_uniform" in printed
     history = pd.read_parquet(out / "history.parquet")
     assert {"arch", "seed", "step", "tokens", "metric", "value"} <= set(history.columns)
-    assert sorted(history.step.unique()) == [3, 6] and {"train_loss", "val_loss", "val_accuracy"} <= set(history.metric)
+    assert sorted(history.step.unique()) == [3, 6] and {"train_loss", "val_loss", "val_accuracy", "fresh_loss",
+                                                        "fresh_accuracy"} <= set(history.metric)
     runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == 2 * len(mixer_names()) and (runs.status == "ok").all()
     assert (runs.tokens == 6 * 8 * 7).all()  # identical budget for every architecture
@@ -71,6 +80,31 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     assert list(overlap.columns) == ["phase", "family", "n", "seen", "seen_fraction", "seed", "study"]
     assert len(overlap) == 2 * 3 and (overlap.n == 4).all()  # 2 seeds x 3 phase-1 families
     assert len(list((out / "models").glob("*.pt"))) == 2 * len(mixer_names())
+    results = pd.read_parquet(out / "results.parquet")
+    assert list(results.columns) == ["study", "stage", "arch", "seed", "split", "length", "phase", "family",
+                                     "position", "metric", "value", "n"]
+    for arch in ("ceiling", "baseline_lookup", "baseline_uniform", *mixer_names()):  # per seed, every split
+        rows = results[(results.arch == arch) & (results.split != "iid_seen")]
+        assert set(zip(rows.seed, rows.split, rows.length, strict=True)) == {(s, k, n) for s in (0, 1) for k, n in
+                                                               (("iid_unseen", 8), ("ood", 8), ("length", 16),
+                                                                ("length", 32))}, arch
+    ceiling = pd.read_parquet(out / "ceiling.parquet")
+    assert list(ceiling.columns) == ["study", "set", "region", "length", "seed", "family", "position", "accuracy",
+                                     "loss", "method", "se"]
+    assert set(zip(ceiling.set, ceiling.region, strict=True)) == {("mixture", "train"), ("mixture", "held_out"),
+                                                      ("family_known", "train"), ("family_known", "held_out"),
+                                                      ("validation", "train")}
+    assert sorted(ceiling[ceiling.set == "validation"].seed) == [0, 1] and ceiling.seed.isna().sum() == len(
+        ceiling) - 2
+    splits = pd.read_parquet(out / "splits.parquet")
+    assert list(splits.columns) == ["study", "seed", "phase", "family", "split", "length", "n_sequences"]
+    per = splits.groupby(["seed", "split", "length"]).n_sequences.sum()
+    assert (per[:, "iid_seen", 8] + per[:, "iid_unseen", 8] == 3 * 4).all() and (per[:, "ood", 8] == 12).all()
+    oeis = pd.read_parquet(out / "oeis.parquet")
+    assert list(oeis.columns) == ["study", "arch", "seed", "kind", "metric", "value", "n"]
+    assert set(oeis.arch) == {"baseline_last_value", "baseline_extrapolate", "baseline_lookup", *mixer_names()}
+    assert {"taught", "all"} <= set(oeis.kind) and set(oeis[oeis.arch == "baseline_lookup"].metric) == {
+        "accuracy", "distance_error"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
 
 
@@ -203,7 +237,7 @@ def test_a_diverging_run_is_recorded_as_failed_and_the_study_goes_on(tmp_path, c
     assert (runs.status == "failed").all() and runs.reason.str.contains("non-finite").all()
     assert len(runs) == len(mixer_names())  # every architecture was tried
     results = pd.read_parquet(out / "results.parquet")
-    assert set(results.arch) == set(BASELINES)  # no metrics from a failed run
+    assert set(results.arch) == set(REFERENCES)  # no metrics from a failed run
     assert "failed" in capsys.readouterr().err
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.data import seen_in
 from bench.experiment import storage
 from bench.experiment import trial as engine
 from bench.experiment.config import ConfigError, compose_config
@@ -36,7 +37,7 @@ from bench.experiment.search import (
 )
 from bench.experiment.worker import Worker
 from bench.memory import model_on_meta
-from bench.models import mixer_names
+from bench.models import build_model, mixer_names
 from bench.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -523,7 +524,7 @@ def test_the_mutual_stage_with_weight_zero_reproduces_the_final_runs_exactly(tmp
     independent final run's, bit for bit; a positive weight changes them; a changed weight is refused."""
     args = ["study=smoke", *TINY, "archs=[lstm,transformer]", "seeds=[0,1]"]
     assert main([*args, "mutual.weight=0", f"out_dir={tmp_path / 'zero'}"]) == 0
-    keys = ["arch", "seed", "phase", "family", "position", "metric"]
+    keys = ["arch", "seed", "split", "length", "phase", "family", "position", "metric"]
     out = tmp_path / "zero"
     final = pd.read_parquet(out / "results.parquet")
     final = final[final.arch.isin(["lstm", "transformer"])].set_index(keys).value.sort_index()
@@ -593,3 +594,89 @@ def test_the_stored_fingerprint_leaves_out_the_derived_model_keys(tmp_path):
     for stage in ("search", "final", "mutual"):
         model = storage.fingerprint(cfg, stage)["model"]
         assert "arch" not in model and "max_len" not in model and "mixer" in model
+
+
+def test_the_validator_selects_on_the_fixed_set_and_monitors_fresh_sets(tmp_path):
+    """val_* score the seed's fixed validation set (the same at every validation, disjoint from every
+    test row); fresh_* score that validation's own fresh sequences (the design's monitor)."""
+    cfg = tiny(tmp_path, "data.val_fixed_size=40")
+    ctx = Context.build(cfg, torch.device("cpu"))
+    fixed = ctx.validation(0)
+    assert len(fixed) == 40 and fixed is ctx.validation(0)
+    assert not seen_in(fixed.seqs, torch.cat([s.seqs for s in ctx.sets.values() if s.seqs.shape[1] == 8])).any()
+    torch.manual_seed(0)
+    model = build_model(cfg.model_config("lstm")).eval()
+    validate = ctx.validator(0)
+    first, second = validate(model, 1, 0.0), validate(model, 2, 1.0)
+    names = {f"{p}_{m}" for p in ("val", "fresh") for m in ("loss", "ce", "accuracy", "distance_error")}
+    assert set(first) == set(second) == names
+    assert all(first[k] == second[k] for k in names if k.startswith("val_"))
+    assert first["fresh_loss"] != second["fresh_loss"]  # another fresh draw per validation
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(model(fixed.seqs[:, :-1]).flatten(0, 1), fixed.seqs[:, 1:].flatten())
+    assert first["val_ce"] == pytest.approx(ce.item(), rel=1e-6)
+    assert {s for (s, _) in ctx.val_cache} == {0} and len(ctx.val_cache) == 2
+
+
+def test_a_seeds_iid_rows_are_split_into_seen_and_unseen_by_its_training_budget(tmp_path):
+    cfg = tiny(tmp_path, "train.steps=40", "data.test_per_family=30")
+    ctx = Context.build(cfg, torch.device("cpu"))
+    budget = ctx.budget(0)
+    assert budget.shape == (40 * 8, 8)
+    splits = ctx.splits(0)
+    assert list(splits) == ["iid_seen", "iid_unseen", "ood", "length_16", "length_32"]
+    assert len(splits["iid_seen"]) + len(splits["iid_unseen"]) == len(ctx.test) == 3 * 30
+    assert len(splits["iid_seen"]) > 0 and seen_in(splits["iid_seen"].seqs, budget).all()
+    assert not seen_in(splits["iid_unseen"].seqs, budget).any()
+    assert [splits[k].seqs.shape[1] for k in ("ood", "length_16", "length_32")] == [8, 16, 32]
+    assert not torch.equal(ctx.seen(0), ctx.seen(1))  # another seed, another budget
+
+
+def test_the_references_score_every_split_and_the_memoriser_recalls_what_it_saw(tmp_path):
+    from bench.data.lookup import LookupTable
+    from bench.experiment.reference import References, lookup_rows
+
+    cfg = tiny(tmp_path, "train.steps=60", "data.test_per_family=40")
+    ctx = Context.build(cfg, torch.device("cpu"))
+    rows = pd.concat([References(ctx).rows(0), lookup_rows(ctx, 0, LookupTable.fit(ctx.budget(0)))])
+    overall = rows[rows.phase.isna() & (rows.family == "all") & rows.position.isna()]
+    keys = {("iid_seen", 8), ("iid_unseen", 8), ("ood", 8), ("length", 16), ("length", 32)}
+    for arch in ("baseline_uniform", "baseline_last_value", "baseline_extrapolate", "baseline_lookup", "ceiling"):
+        assert set(zip(*overall[overall.arch == arch][["split", "length"]].to_numpy().T, strict=True)) == keys, arch
+    acc = overall[overall.metric == "accuracy"].set_index(["arch", "split", "length"]).value
+    assert acc["baseline_lookup", "iid_seen", 8] >= acc["baseline_lookup", "iid_unseen", 8]
+    assert acc["baseline_uniform"].eq(1 / 256).all()
+    assert set(rows[rows.arch == "ceiling"].metric) == {"accuracy", "distance_error", "loss"}
+    assert "loss" not in set(rows[rows.arch == "baseline_lookup"].metric)
+    n = overall[overall.metric == "accuracy"].groupby("split").n.max()
+    assert n["iid_seen"] + n["iid_unseen"] == 3 * 40 * 7 and n["ood"] == 3 * 40 * 7
+
+
+def test_the_final_run_keeps_the_weights_best_on_the_fixed_validation_set(tmp_path):
+    """Early stopping reads val_loss on the fixed validation set: best_step is that curve's best
+    validation, and the stored weights score exactly that loss on the fixed set; fresh_* are logged too."""
+    from bench.experiment.collect import stored_model
+    from bench.experiment.context import validation_scores
+    from bench.experiment.records import RunFiles, RunRecord
+    from bench.train import EarlyStopping
+
+    cfg = tiny(tmp_path, "archs=[lstm]", "search.n_trials=0", "train.steps=15", "train.lr=0.05",
+               "data.val_fixed_size=64")
+    Worker(cfg, torch.device("cpu"), log=lambda m: None).run()
+    files = RunFiles(cfg.output_dir, "lstm", 0)
+    history, record = pd.read_parquet(files.history), RunRecord.load(files.run_json)
+    assert {f"{p}_{m}" for p in ("val", "fresh") for m in ("loss", "ce", "accuracy", "distance_error")} \
+        <= set(history.columns) and list(history.step) == [3, 6, 9, 12, 15]
+    replay = EarlyStopping(cfg.train.patience, cfg.train.min_delta, enabled=False)
+    for row in history.itertuples():
+        replay.update(row.val_loss, row.step, row.epoch, None)
+    assert record.best_step == replay.best_step
+    ctx = Context.build(cfg, torch.device("cpu"))
+    t = cfg.train
+    again = validation_scores(stored_model(cfg, record).eval(), ctx.validation(0).seqs, t.alpha, t.distance_weight,
+                              cfg.eval.batch_size)
+    assert again["loss"] == pytest.approx(history.set_index("step").val_loss[record.best_step], rel=1e-5)
+    scores = pd.read_parquet(files.results)
+    seen = {"iid_seen"} if ctx.seen(0).any() else set()  # an empty split has no rows
+    assert set(scores.split) == {"iid_unseen", "ood", "length"} | seen
+    assert set(scores[scores.split == "length"].length) == {16, 32}

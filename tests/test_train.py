@@ -154,6 +154,16 @@ def test_early_stopping_restores_best_weights_and_stops_after_patience():
     assert res.tokens == 25 * 8 * 7
 
 
+def test_early_stopping_reads_val_loss_alone_and_the_history_keeps_every_score_the_validator_returns():
+    """The study engine's validator returns val_* (the fixed set: selection) and fresh_* (the monitor):
+    the best step follows val_loss even where the monitor disagrees, and both land in the history."""
+    val, fresh = [3.0, 2.0, 2.5, 2.6, 2.7], [1.0, 5.0, 0.5, 0.7, 0.9]
+    cfg = TrainConfig(steps=100, batch_size=8, val_every=5, patience=2, lr=1e-2)
+    res = train(tiny_model(), cfg, tiny_stream(), lambda m, i, e: {"val_loss": val[i - 1], "fresh_loss": fresh[i - 1]})
+    assert res.best_step == 10 and res.best_val == 2.0 and res.stopped_early and res.steps == 20
+    assert [(h["val_loss"], h["fresh_loss"]) for h in res.history] == list(zip(val[:4], fresh[:4], strict=True))
+
+
 def test_no_early_stop_before_the_curriculum_reaches_its_last_phase():
     model = tiny_model()
     cfg = TrainConfig(steps=40, batch_size=8, val_every=5, patience=1)

@@ -4,13 +4,19 @@ A family is a rule that maps a few parameters to a sequence of integers. Every r
 modulo 256, so each term is a class in 0..255 by construction. Generation is vectorised over the
 batch; `check` re-derives every term from the rule written as a recurrence on the *observed*
 previous terms, so tests can cross-check the two code paths against each other.
+
+Each family also reserves a held-out region of its parameter space (`held_out`, decided from the
+first terms) for the `ood` split, and, where its parameters are discrete, enumerates its exact
+distribution (`support`, built from `param_support` with the helpers `uniform`, `product` and
+`expand_uniform`), which `bench.data.bayes` turns into Bayes-optimal predictions.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -18,6 +24,52 @@ VOCAB = 256
 MIN_LENGTH = 3  # shorter sequences cannot show an order-2 rule
 
 Params = dict[str, torch.Tensor]
+Region = Literal["train", "held_out", "any"]
+REGIONS: tuple[str, ...] = ("train", "held_out", "any")
+HELD_OUT_KINDS = ("translation", "composition", "extrapolation")
+# First terms reserved for the `ood` split by the translation-kind families whose sequences can coincide
+# (constant, alternating, even_odd, rule_switch; memory.py's lag_k use the same band): 16 of 256 values.
+BAND = (240, 255)
+
+
+@dataclass
+class Support:
+    """A family's exact distribution over its sequences of one length: row i of `seqs` (m, L) has
+    probability `prob[i]` (float64, summing to 1) and was made by `params` row i. Rows may repeat
+    (two parameter settings can make the same sequence); consumers merge them by summing."""
+
+    seqs: torch.Tensor
+    prob: torch.Tensor
+    params: Params
+
+    def __len__(self) -> int:
+        return self.seqs.shape[0]
+
+    def restrict(self, keep: torch.Tensor) -> Support:
+        """The distribution conditioned on the rows in `keep` (a BoolTensor (m,)), renormalised."""
+        if not bool(keep.any()):
+            raise ValueError("cannot condition a support on an empty set of sequences")
+        prob = self.prob[keep]
+        return Support(self.seqs[keep], prob / prob.sum(), {k: v[keep] for k, v in self.params.items()})
+
+
+def sequence_ids(seqs: torch.Tensor) -> torch.Tensor:
+    """LongTensor (n,): equal rows of `seqs` (n, L, terms in 0..255) get equal ids, distinct rows distinct
+    ids (0, 1, ... in the rows' lexicographic order, as torch.unique's inverse). Exact, and faster than
+    torch.unique(dim=0): each chunk packs into one int64, and rows sort chunk by chunk (stable).
+    Example: [[1, 2], [3, 4], [1, 2]] -> [0, 1, 0]."""
+    n, length = seqs.shape
+    chunks = [seqs[:, i:i + 7] for i in range(0, length, 7)]
+    keys = torch.stack([(c << (8 * torch.arange(c.shape[1] - 1, -1, -1))).sum(dim=1) for c in chunks], dim=1)
+    order = torch.arange(n)
+    for j in reversed(range(keys.shape[1])):
+        order = order[torch.argsort(keys[order, j], stable=True)]
+    ordered = keys[order]
+    new = torch.ones(n, dtype=torch.long)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(dim=1).long()
+    ids = torch.empty(n, dtype=torch.long)
+    ids[order] = torch.cumsum(new, 0) - 1
+    return ids
 
 
 def check_length(length: int) -> None:
@@ -54,9 +106,63 @@ def place_start(offsets: torch.Tensor, gen: torch.Generator, top: int = VOCAB - 
     The window is [-min(offset), top - max(offset)]; rows whose span exceeds `top` have no such start,
     so x0 is uniform on 0..top and their terms wrap (the family's rule includes the modulus).
     """
+    return randint_between(*start_window(offsets, top), gen)
+
+
+def start_window(offsets: torch.Tensor, top: int = VOCAB - 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`place_start`'s per-row bounds (low, high), both included."""
     low, high = -offsets.min(dim=1).values, top - offsets.max(dim=1).values
     fits = low <= high
-    return randint_between(torch.where(fits, low, 0), torch.where(fits, high, top), gen)
+    return torch.where(fits, low, 0), torch.where(fits, high, top)
+
+
+# --- exact parameter distributions, for `Family.support` -------------------------------------------
+
+Dist = tuple[Params, torch.Tensor]  # parameter rows and their probabilities (float64)
+
+
+def uniform(**values: Sequence[int] | torch.Tensor) -> Dist:
+    """Parameter rows uniform over one table: uniform(d=[-1, 1]) is d = -1 or 1, 1/2 each. Several
+    keyword tables of equal length are read as joint rows (uniform(c1=[1, 2], c2=[2, 1]))."""
+    params = {k: torch.as_tensor(v) for k, v in values.items()}
+    m = len(next(iter(params.values())))
+    return params, torch.full((m,), 1 / m, dtype=torch.float64)
+
+
+def nonzero(bound: int) -> torch.Tensor:
+    """The values `nonzero_int(bound, ...)` draws, uniformly: -bound..-1, 1..bound."""
+    return torch.cat([torch.arange(-bound, 0), torch.arange(1, bound + 1)])
+
+
+def product(*dists: Dist) -> Dist:
+    """Independent parameter tables joined: every combination of rows, probabilities multiplied."""
+    index = torch.cartesian_prod(*[torch.arange(len(p)) for _, p in dists]).reshape(-1, len(dists))
+    params, prob = {}, torch.ones(index.shape[0], dtype=torch.float64)
+    for j, (table, p) in enumerate(dists):
+        params |= {k: v[index[:, j]] for k, v in table.items()}
+        prob = prob * p[index[:, j]]
+    return params, prob
+
+
+def expand_uniform(dist: Dist, key: str, low: torch.Tensor, high: torch.Tensor) -> Dist:
+    """Row i of `dist` split into one row per value of `key` on low[i]..high[i] (`randint_between`),
+    each with probability prob[i] / (high[i] - low[i] + 1)."""
+    params, prob = dist
+    width = high - low + 1
+    rows = torch.repeat_interleave(torch.arange(len(prob)), width)
+    first = torch.cumsum(width, 0) - width
+    value = low[rows] + torch.arange(len(rows)) - first[rows]
+    return {k: v[rows] for k, v in params.items()} | {key: value}, prob[rows] / width[rows]
+
+
+def in_band(x: torch.Tensor, band: tuple[int, int] = BAND) -> torch.Tensor:
+    """BoolTensor: band[0] <= x <= band[1]."""
+    return (x >= band[0]) & (x <= band[1])
+
+
+def signed(x: torch.Tensor) -> torch.Tensor:
+    """A difference of terms read as a small signed step: ((x + 128) mod 256) - 128, so 253 -> -3."""
+    return (x + VOCAB // 2) % VOCAB - VOCAB // 2
 
 
 def positions(length: int) -> torch.Tensor:
@@ -68,7 +174,8 @@ class Family(ABC):
     """A parameterised integer-sequence rule: sample parameters, build terms, verify terms.
 
     Subclasses set `name` (the public label), `phase` (1..3: the design's curriculum phases; 4: the
-    memory probes) and `group` (the design's sub-heading) and implement the three abstract methods;
+    memory probes), `group` (the design's sub-heading) and `held_out_kind`, implement the three
+    abstract methods and `held_out`, and, where the parameters are discrete, `param_support`;
     parameters are dicts of tensors with leading dimension n, one row per sequence. A family that
     needs longer sequences than MIN_LENGTH sets a larger `min_length`, which `validate_length` enforces.
     """
@@ -76,6 +183,8 @@ class Family(ABC):
     name: ClassVar[str]
     phase: ClassVar[int]
     group: ClassVar[str]
+    held_out_kind: ClassVar[str]  # one of HELD_OUT_KINDS: how the held-out region differs from training
+    held_out_terms: ClassVar[int] = MIN_LENGTH  # `held_out` reads no further than this many first terms
     min_length: int = MIN_LENGTH
 
     @abstractmethod
@@ -96,18 +205,71 @@ class Family(ABC):
         if length < self.min_length:
             raise ValueError(f"family '{self.name}' needs sequence length >= {self.min_length}, got {length}")
 
+    def held_out(self, seqs: torch.Tensor) -> torch.Tensor:
+        """BoolTensor (n,): does each sequence of this family lie in its held-out region?
+
+        Decided from the terms alone (no parameters), so any stream can be audited: training and
+        validation streams never draw a row for which this is True; the `ood` test split draws only
+        such rows. Every family overrides it and documents its region and `held_out_kind`. The
+        answer depends on the first `held_out_terms` terms only, so `generate` rejects rows before
+        building the rest of their terms.
+        """
+        raise NotImplementedError(f"family '{self.name}' declares no held-out region")
+
+    def support(self, length: int) -> Support | None:
+        """The exact distribution over this family's sequences of `length` terms (region "any"), or
+        None where the parameter space is continuous or too large to enumerate (the ceiling is then
+        estimated by Monte Carlo and labelled so). Built from `param_support`."""
+        self.validate_length(length)
+        dist = self.param_support(length)
+        if dist is None:
+            return None
+        params, prob = dist
+        return Support(self.terms(params, length), prob, params)
+
+    def param_support(self, length: int) -> Dist | None:
+        """Every parameter row `sample_params(n, length, ...)` can draw, with its exact probability
+        (the same keys, so `check` accepts them); None for a continuous distribution."""
+        return None
+
     def check(self, seqs: torch.Tensor, params: Params) -> torch.Tensor:
         """BoolTensor (n,): the row is in 0..255 and obeys this family's rule."""
         in_range = ((seqs >= 0) & (seqs < VOCAB)).all(dim=1)
         return in_range & self.follows_rule(seqs, params)
 
-    def generate(self, n: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, Params]:
-        """n sequences (LongTensor (n, length)) and the parameters that produced them."""
+    def generate(self, n: int, length: int, gen: torch.Generator, region: Region = "train"
+                 ) -> tuple[torch.Tensor, Params]:
+        """n sequences (LongTensor (n, length)) and the parameters that produced them.
+
+        `region`: "train" (the default, what training, validation and the iid test splits draw:
+        the family's distribution conditioned on not `held_out`), "held_out" (conditioned on it: the
+        `ood` split) or "any" (the unconditioned parameter distribution). Conditioning is by
+        rejection: rounds of draws from `gen` until n rows are kept, so it is deterministic. After
+        the first round (n draws) each round draws 1.1 times what the acceptance rate so far says is
+        missing, so even the rarest region (about 4 % of the mass) needs two or three rounds.
+        """
         self.validate_length(length)
         if n < 0:
             raise ValueError(f"number of sequences must be non-negative, got {n}")
-        params = self.sample_params(n, length, gen)
-        return self.terms(params, length), params
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        if region == "any":
+            params = self.sample_params(n, length, gen)
+            return self.terms(params, length), params
+        parts: list[tuple[torch.Tensor, Params]] = []
+        kept, drawn, draw = 0, 0, max(n, 16)
+        for _ in range(100):
+            params = self.sample_params(draw, length, gen)
+            first = self.terms(params, min(length, self.held_out_terms))
+            keep = self.held_out(first) == (region == "held_out")
+            params = {k: v[keep] for k, v in params.items()}
+            parts.append((self.terms(params, length), params))
+            kept, drawn = kept + int(keep.sum()), drawn + draw
+            if kept >= n:
+                seqs = torch.cat([s for s, _ in parts])[:n]
+                return seqs, {k: torch.cat([p[k] for _, p in parts])[:n] for k in params}
+            draw = 16 + int(1.1 * (n - kept) * drawn / max(kept, 1))  # the missing rows at the rate so far
+        raise RuntimeError(f"family '{self.name}': region {region!r} too rare to sample")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, phase={self.phase}, group={self.group!r})"
@@ -127,6 +289,15 @@ class AdditiveFamily(Family):
     @abstractmethod
     def offsets(self, params: Params, length: int) -> torch.Tensor:
         """LongTensor (n, length) of x_t - x0 before the modulus; offsets[:, 0] == 0."""
+
+    @abstractmethod
+    def shape_support(self, length: int) -> Dist:
+        """`sample_shape`'s exact distribution (see `param_support`)."""
+
+    def param_support(self, length: int) -> Dist:
+        """`shape_support` with every start in `place_start`'s window of each row, uniformly."""
+        shape = self.shape_support(length)
+        return expand_uniform(shape, "x0", *start_window(self.offsets(shape[0], length)))
 
     def sample_params(self, n: int, length: int, gen: torch.Generator) -> Params:
         params = self.sample_shape(n, length, gen)

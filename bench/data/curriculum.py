@@ -1,19 +1,27 @@
 """Curriculum mixtures, the deterministic training stream, and the validation and test sets.
 
 Every random draw comes from a named stream (`bench.seeding.generator`): training chunks from
-("train", seed, chunk), validation sets from ("val", seed, index) and the fixed test set from
-("test", eval_seed, family, length). Training can therefore never reproduce the test stream, and
-every architecture trained with the same seed reads exactly the same batches.
+("train", seed, chunk), validation sets from ("val", seed, index) and ("val-fixed", seed), the
+test splits from ("test", eval_seed, family, length) and ("test-ood", eval_seed, family, length).
+Training can therefore never reproduce the test stream, and every architecture trained with the
+same seed reads exactly the same batches.
+
+Regions: every training and validation stream draws each family's region "train" (the family
+conditioned on not `Family.held_out`), so no training or validation stream ever draws a held-out
+sequence; only the `ood` test split draws region "held_out". `tests/test_splits.py` walks whole
+training budgets to check it. The test splits (`SPLITS`, `make_split_test_sets`) and the helpers
+that say which test rows a seed's budget drew (`training_budget`, `seen_in`) live here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from bench.data.base import Family, check_length
+from bench.data.base import VOCAB, Family, Region, check_length
 from bench.data.registry import FAMILY_INDEX, FAMILY_NAMES, PHASES, get_family
 from bench.data.registry import families as registry_families
 from bench.seeding import generator
@@ -127,7 +135,8 @@ class Curriculum:
         """n labelled sequences from the mixture at `epoch` (a float, or a per-row tensor of shape (n,)).
 
         Each row draws its phase from `phase_weights`, then a family uniformly within that phase; each
-        family then generates all of its rows in one vectorised call. Rows keep their sampled order.
+        family then generates all of its rows in one vectorised call, always from its region "train"
+        (never a held-out sequence). Rows keep their sampled order.
         """
         self.validate_length(length)
         if isinstance(epoch, torch.Tensor) and epoch.dim() > 0 and epoch.shape != (n,):
@@ -144,7 +153,7 @@ class Curriculum:
         seqs = torch.empty(n, length, dtype=torch.long)
         for index in family.unique().tolist():  # sorted: a fixed order of draws from `gen`
             rows = (family == index).nonzero().squeeze(1)
-            seqs[rows] = get_family(FAMILY_NAMES[index]).generate(len(rows), length, gen)[0]
+            seqs[rows] = get_family(FAMILY_NAMES[index]).generate(len(rows), length, gen, region="train")[0]
         return SequenceSet(seqs, family, torch.tensor(self.phases)[phase_idx])
 
 
@@ -204,12 +213,106 @@ class TrainStream:
             step += 1
 
 
+SPLITS = ("iid_seen", "iid_unseen", "ood", "length")
+SPLIT_LENGTHS = (16, 32)  # the `length` split's sequence lengths, for models trained at 8
+FIXED_VALIDATION_SIZE = 1000
+_MAX_ROUNDS = 100  # rounds of the fixed validation set; each draws up to 100 x size rows
+
+
 def validation_set(
     curriculum: Curriculum, length: int, seed: int, index: int, epoch: float, size: int = 100
 ) -> SequenceSet:
     """`size` fresh sequences (the design's 100 per validation) from the mixture at `epoch`,
     drawn from generator("val", seed, index): identical for every architecture of a seed."""
     return curriculum.sample(size, length, generator("val", seed, index), epoch)
+
+
+def fixed_validation_set(
+    curriculum: Curriculum,
+    length: int,
+    seed: int,
+    size: int = FIXED_VALIDATION_SIZE,
+    exclude: SequenceSet | torch.Tensor | Iterable[SequenceSet | torch.Tensor] | None = None,
+) -> SequenceSet:
+    """The validation set model selection reads (early stopping, pruning, the best checkpoint):
+    `size` sequences drawn once from generator("val-fixed", seed) at `curriculum.final_epoch()`
+    (the mixture the test set measures), region "train", disjoint from the rows of `exclude`.
+
+    Why: 100 fresh sequences per validation make the selected step depend on which 100 were drawn
+    (a +-3-4 pp sawtooth, larger than the gaps between architectures); one fixed set of 1,000 is
+    the same yardstick at every step and for every architecture of a seed. Dropping the test rows
+    keeps selection from rewarding recall of test sequences. Dropped rows are replaced by further
+    rounds from the same generator, so the set depends only on the arguments.
+
+    Example: with the phase-2 test set as `exclude`, a draw of `two_step` (1, 1, 5, 5, ...) that
+    also occurs in the test set is dropped and another mixture row drawn in its place; the result
+    has exactly `size` rows and no row equal to a test row.
+
+    Consequence: a family whose whole training region lies in the test set cannot appear here, and
+    a family mostly in it appears less often than the mixture weights it: `geometric` has 56
+    training-region sequences of length 8, 48 of them among its 100 test rows (86 % of its mass),
+    so it is about 2 % of the phase-2 set instead of 11 % (`alternating_factors`: 77 %). Model
+    selection then weighs such a family little or not at all. That is the intended trade: its
+    test rows are almost all `iid_seen` (a 2000-step budget draws every one of them), so the
+    headline splits (`iid_unseen`, `ood`) are scored on sequences selection never looked at.
+
+    `exclude`: a SequenceSet, a LongTensor (n, L) or an iterable of them (e.g. the values of
+    `make_split_test_sets`); rows of another length cannot equal a validation row and are ignored.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    curriculum.validate_length(length)
+    banned = set(_row_keys(_rows_of_length(exclude, length)))
+    gen, epoch = generator("val-fixed", seed), curriculum.final_epoch()
+    parts, drawn, kept = [], 0, 0
+    for _ in range(_MAX_ROUNDS):
+        want = size - kept
+        draw = want if not drawn else min(100 * size, max(16, 2 * want * drawn // max(kept, 1)))
+        rows = curriculum.sample(draw, length, gen, epoch)
+        keys = _row_keys(rows.seqs)
+        part = rows.subset(torch.tensor([k not in banned for k in keys], dtype=torch.bool))
+        parts.append(part)
+        drawn, kept = drawn + draw, kept + len(part)
+        if kept >= size:
+            return SequenceSet.cat(parts).subset(slice(0, size))
+    raise RuntimeError(f"could not draw {size} validation sequences outside the {len(banned)} excluded rows")
+
+
+def _rows_of_length(
+    sets: SequenceSet | torch.Tensor | Iterable[SequenceSet | torch.Tensor] | None, length: int
+) -> torch.Tensor:
+    """The rows (m, length) of a SequenceSet, a tensor or an iterable of them; other lengths dropped."""
+    if sets is None:
+        items = []
+    elif isinstance(sets, (SequenceSet, torch.Tensor)):
+        items = [sets]
+    else:
+        items = list(sets)
+    mats = [s.seqs if isinstance(s, SequenceSet) else s for s in items]
+    for m in mats:
+        if m.dim() != 2:
+            raise ValueError(f"excluded rows must be a 2-d tensor, got shape {tuple(m.shape)}")
+    return torch.cat([m for m in mats if m.shape[1] == length] + [torch.empty(0, length, dtype=torch.long)])
+
+
+def _per_family(curriculum: Curriculum, n: int, length: int, keys: tuple[object, ...], region: Region
+                ) -> SequenceSet | None:
+    """`n` rows of every family of `curriculum` that supports `length`, each from its own stream
+    generator(*keys, family, length) and `region`; None when no family supports `length`."""
+    parts = []
+    for p in curriculum.phases:
+        for fam in curriculum.phase_families(p):
+            if length < fam.min_length:
+                continue
+            seqs, _ = fam.generate(n, length, generator(*keys, fam.name, length), region=region)
+            parts.append(SequenceSet(seqs, torch.full((n,), FAMILY_INDEX[fam.name]), torch.full((n,), p)))
+    return SequenceSet.cat(parts) if parts else None
+
+
+def _test_curriculum(phases: Sequence[int], families: Sequence[str] | None, per_family: int) -> Curriculum:
+    if per_family < 1:
+        raise ValueError(f"per_family must be positive, got {per_family}")
+    return Curriculum(phases=tuple(phases), families=tuple(families) if families else None)
 
 
 def make_test_set(
@@ -219,20 +322,91 @@ def make_test_set(
     eval_seed: int = EVAL_SEED,
     families: Sequence[str] | None = None,
 ) -> SequenceSet:
-    """The fixed test set: `per_family` sequences of every family of `phases` (or only `families`),
-    each family from its own stream generator("test", eval_seed, family, length), so a family's test
-    rows do not change when other families are added or removed."""
-    if per_family < 1:
-        raise ValueError(f"per_family must be positive, got {per_family}")
-    curriculum = Curriculum(phases=tuple(phases), families=tuple(families) if families else None)
+    """The fixed iid test set: `per_family` sequences of every family of `phases` (or only
+    `families`), region "train" (the training distribution), each family from its own stream
+    generator("test", eval_seed, family, length), so a family's test rows do not change when other
+    families are added or removed. `seen_in_training` splits it into `iid_seen` and `iid_unseen`."""
+    curriculum = _test_curriculum(phases, families, per_family)
     curriculum.validate_length(length)
-    parts = []
-    for p in curriculum.phases:
-        for fam in curriculum.phase_families(p):
-            seqs, _ = fam.generate(per_family, length, generator("test", eval_seed, fam.name, length))
-            labels = torch.full((per_family,), FAMILY_INDEX[fam.name]), torch.full((per_family,), p)
-            parts.append(SequenceSet(seqs, *labels))
-    return SequenceSet.cat(parts)
+    return _per_family(curriculum, per_family, length, ("test", eval_seed), "train")
+
+
+def make_split_test_sets(
+    phases: Sequence[int] = (1,),
+    length: int = 8,
+    per_family: int = 100,
+    eval_seed: int = EVAL_SEED,
+    families: Sequence[str] | None = None,
+    lengths: Sequence[int] = SPLIT_LENGTHS,
+) -> dict[str, SequenceSet]:
+    """The test sets behind `SPLITS`, `per_family` rows of every family each:
+
+    - "iid": `make_test_set`'s rows (region "train"); a seed's budget splits them into `iid_seen`
+      (drawn verbatim in training) and `iid_unseen` (never drawn), see `seen_in_training`;
+    - "ood": region "held_out" from generator("test-ood", eval_seed, family, length): sequences no
+      training or validation stream draws (a start in a reserved band, an unseen parameter
+      combination or a parameter just past the training range; `Family.held_out_kind` says which);
+    - f"length_{L}" for each L in `lengths` other than `length`: region "train" at L terms from
+      generator("test", eval_seed, family, L) (the rows `make_test_set(..., length=L)` returns;
+      rules stay mod 256). A family that needs more than L terms (`lag_32` needs 34) is left out at
+      that L, and an L no family supports gets no key; L == `length` would repeat "iid" and is skipped.
+
+    Example: `make_split_test_sets((2,), 8, 100)` has keys iid, ood, length_16, length_32, each with
+    900 rows (9 families x 100), family-major like `make_test_set`.
+    """
+    curriculum = _test_curriculum(phases, families, per_family)
+    curriculum.validate_length(length)
+    sets = {"iid": _per_family(curriculum, per_family, length, ("test", eval_seed), "train"),
+            "ood": _per_family(curriculum, per_family, length, ("test-ood", eval_seed), "held_out")}
+    for n in lengths:
+        check_length(n)
+        part = None if n == length else _per_family(curriculum, per_family, n, ("test", eval_seed), "train")
+        if part is not None:
+            sets[f"length_{n}"] = part
+    return sets
+
+
+def training_budget(stream: TrainStream, steps: int) -> torch.Tensor:
+    """LongTensor (steps * batch_size, length): every sequence the first `steps` batches draw, in
+    order (row s * batch_size + i is row i of `stream.batch(s)`).
+
+    Why: the memoriser baseline (`baseline_lookup`) is fit on exactly what a seed trained on, and
+    `seen_in_training` tells `iid_seen` from `iid_unseen` against it. Built in one pass over the
+    stream's chunks (each generated once), not step by step.
+
+    Example: a stream with batch_size 64 and chunk_batches 64 over 2000 steps generates chunks
+    0..31 (the last one only partly used) and returns 128,000 rows.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}")
+    rows, per_chunk = steps * stream.batch_size, stream.chunk_batches * stream.batch_size
+    budget = torch.empty(rows, stream.length, dtype=torch.long)
+    for chunk in range(-(-steps // stream.chunk_batches)):
+        start = chunk * per_chunk
+        take = min(per_chunk, rows - start)
+        budget[start:start + take] = stream._make_chunk(chunk).seqs[:take]
+    return budget
+
+
+def _row_keys(seqs: torch.Tensor) -> list[bytes]:
+    """Each row of terms in 0..255 as bytes (one byte a term), for hashing; a list in row order."""
+    if seqs.numel() and (int(seqs.min()) < 0 or int(seqs.max()) >= VOCAB):
+        raise ValueError(f"terms must lie in 0..{VOCAB - 1}")
+    rows = np.ascontiguousarray(seqs.to(torch.uint8).numpy())
+    return rows.view(np.dtype((np.void, max(rows.shape[1], 1)))).ravel().tolist() if len(rows) else []
+
+
+def seen_in(seqs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """BoolTensor (n,): does row i of `seqs` (n, L) occur verbatim as a row of `budget` (m, L)?
+
+    Rows are hashed as bytes, so the cost is one pass over each (m = 512,000 rows in well under a
+    second). Example: seqs [[1, 2, 3], [3, 2, 1]] against budget [[0, 0, 0], [1, 2, 3]] gives
+    [True, False].
+    """
+    if seqs.dim() != 2 or budget.dim() != 2 or seqs.shape[1] != budget.shape[1]:
+        raise ValueError(f"need two 2-d tensors of equal length, got {tuple(seqs.shape)} and {tuple(budget.shape)}")
+    members = set(_row_keys(budget))
+    return torch.tensor([k in members for k in _row_keys(seqs)], dtype=torch.bool)
 
 
 def seen_in_training(test: SequenceSet, stream: TrainStream, steps: int) -> torch.Tensor:
@@ -241,13 +415,9 @@ def seen_in_training(test: SequenceSet, stream: TrainStream, steps: int) -> torc
     The test set comes from its own random stream, but several families have small parameter spaces
     (`constant` has 256 members), so fresh draws from the same distribution repeat training
     sequences, as the design accepts ("generate new sequences using the same parameter
-    distributions"). This measures how much, so results can say how much of a family's test
-    accuracy could be recall rather than rule-following.
+    distributions"). This measures how much: True rows are the `iid_seen` split, False rows
+    `iid_unseen`, so results can say how much of a family's test accuracy could be recall.
     """
     if test.seqs.shape[1] != stream.length:
         raise ValueError(f"test length {test.seqs.shape[1]} differs from the stream's {stream.length}")
-    seen: set[bytes] = set()
-    for step in range(steps):
-        seen.update(map(bytes, stream.batch(step).to(torch.uint8).numpy()))
-    return torch.tensor([bytes(row) in seen for row in test.seqs.to(torch.uint8).numpy()], dtype=torch.bool)
-
+    return seen_in(test.seqs, training_budget(stream, steps))

@@ -12,10 +12,13 @@ It uses the core (data, models, training, metrics, analysis) and nothing above i
     stages      what a claimed slot does: a search trial, a final run, a mutual-stage cohort
     worker      the claiming loop: which stage's slot to take next
     pool        worker processes and the study's progress line
-    collect     the derived tables (results, history, runs, trials, overlap, decay, cka, mutual*)
+    reference   what models are read against: baselines, the memoriser, the Bayes ceiling, OEIS
+    collect     the derived tables (results, history, runs, trials, overlap, decay, cka, ceiling, splits,
+                oeis, mutual*)
     tracking    Weights & Biases runs
     provenance  commit, machine and command for meta.yaml
 
 Inside, imports point one way: config <- search, records, storage, context <- trial <- stages <-
-worker <- pool; collect reads records, storage and context; tracking and provenance stand alone.
+worker <- pool; collect reads records, storage, context and reference (which reads context); tracking
+and provenance stand alone.
 """

@@ -154,3 +154,41 @@ def check_wandb_mode() -> None:
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode and mode not in WANDB_MODES:
         raise ConfigError(f"WANDB_MODE must be one of {', '.join(WANDB_MODES)}, got '{os.environ['WANDB_MODE']}'")
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def check_test_lengths(length: int, lengths: list[int]) -> None:
+    """Each length of the `length` test split exceeds data.length `length` (it measures generalisation
+    to longer sequences; longer than data.length, it also meets every family's min_length, as
+    data.length does) and appears once."""
+    if len(set(lengths)) != len(lengths):
+        raise ConfigError(f"data.test_lengths lists a length twice: {lengths}")
+    for n in lengths:
+        if n <= length:
+            raise ConfigError(f"data.test_lengths must each exceed data.length ({length}), got {n}")
+
+
+def check_search(s: Any) -> None:
+    """The search settings (`SearchConfig` `s`): trial counts, pruner, and ranges of powers of two."""
+    sp = s.space
+    if s.n_trials < 0:
+        raise ConfigError(f"search.n_trials must be non-negative, got {s.n_trials}")
+    if s.steps is not None and s.steps <= 0:
+        raise ConfigError(f"search.steps must be positive, got {s.steps}")
+    if s.pruner not in ("median", "none"):
+        raise ConfigError(f"search.pruner must be median or none, got '{s.pruner}'")
+    if min(s.startup_trials, s.warmup_validations) < 0:
+        raise ConfigError("search.startup_trials and search.warmup_validations must be non-negative")
+    for key in ("d_model", "d_state", "d_conv", "num_layers", "lr"):
+        rng = getattr(sp, key)
+        if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+            raise ConfigError(f"search.space.{key} must be [min, max] with 0 < min <= max, got {list(rng)}")
+        if key in ("d_model", "d_state", "d_conv") and not (is_pow2(rng[0]) and is_pow2(rng[1])):
+            raise ConfigError(f"search.space.{key} bounds must be powers of two, got {list(rng)}")
+    if sp.d_state[0] > sp.d_model[0]:
+        raise ConfigError(f"search.space.d_state min ({sp.d_state[0]}) exceeds d_model min ({sp.d_model[0]})")
+    if not sp.expand or any(e not in (1, 2, 4) for e in sp.expand) or len(set(sp.expand)) != len(sp.expand):
+        raise ConfigError(f"search.space.expand must list distinct values from {{1, 2, 4}}, got {list(sp.expand)}")

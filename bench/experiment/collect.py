@@ -1,10 +1,14 @@
 """The study's derived tables, from what its stages stored (final runs' files, the Optuna trials):
 
-    results.parquet   test scores of the final runs and the baselines (a `stage` column)
-    history.parquet   per-validation metrics, long format
+    results.parquet   test scores of the final runs, the baselines and the ceiling, per test split
+                      (`split`, `length` columns) and seed (a `stage` column)
+    history.parquet   per-validation metrics, long format (val_* on the fixed set, fresh_* the monitor)
     runs.parquet      one row per final run (`records.RunRecord`)
     trials.parquet    every trial of every stage
-    overlap.parquet   test sequences that also occur in the training budget's stream
+    overlap.parquet   iid test sequences that also occur in the training budget's stream
+    ceiling.parquet   the Bayes ceiling (mixture, family known, on each seed's validation set)
+    splits.parquet    test sequences per seed, family and split
+    oeis.parquet      final models and point baselines on real (OEIS) sequences, by kind
     decay.parquet     memory-decay curves of the final models (cached beside each run)
     cka.parquet       linear CKA between the final models' layers (always written: the report reads it)
     cka_floor.parquet what two unrelated random embeddings score on the same probe (per d_model)
@@ -30,11 +34,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.analysis import memory_decay
 from bench.analysis.cka import cka_table, embedding_floor
-from bench.data import SequenceSet, TrainStream, seen_in_training
+from bench.data import SequenceSet
+from bench.data.lookup import LookupTable
 from bench.experiment.config import Config, to_yaml
 from bench.experiment.context import Context, probe_tokens
 from bench.experiment.provenance import git_commit
 from bench.experiment.records import RunFiles, RunRecord, runs_table
+from bench.experiment.reference import (
+    Oeis,
+    References,
+    ceiling_table,
+    lookup_rows,
+    oeis_table,
+    point_baselines,
+    splits_table,
+)
 from bench.experiment.search import SIZE_KEYS, model_config
 from bench.experiment.storage import (
     digest,
@@ -45,16 +59,17 @@ from bench.experiment.storage import (
     optuna_names,
     search_name,
 )
-from bench.metrics import evaluate_baselines
 from bench.models import build_model
 from bench.util import atomic_write
 
 CKA_COLUMNS = ["study", "seed", "seed_b", "arch_a", "layer_a", "arch_b", "layer_b", "cka", "n"]
-TABLES = ("results", "history", "runs", "trials", "overlap", "decay", "cka", "cka_floor")
+TABLES = ("results", "history", "runs", "trials", "overlap", "decay", "cka", "cka_floor", "ceiling", "splits", "oeis")
+RESULT_COLUMNS = ["study", "stage", "arch", "seed", "split", "length", "phase", "family", "position", "metric",
+                  "value", "n"]
 MUTUAL_TABLES = ("mutual", "mutual_runs", "mutual_kl")
 # how a study is run, not what it computes: a change to these alone leaves the tables as they are
 RUN_ONLY_KEYS = ("threads", "progress", "workers", "heartbeat", "device", "tracking", "wandb_project", "report",
-                 "report_dir", "stage")
+                 "report_dir", "stage", "long_study")
 
 
 def _read_runs(cfg: Config, seed: int, stage: str) -> list[tuple[RunRecord, RunFiles]]:
@@ -70,18 +85,23 @@ def _read_runs(cfg: Config, seed: int, stage: str) -> list[tuple[RunRecord, RunF
 
 def collect(cfg: Config) -> dict[str, pd.DataFrame]:
     """The study's tables from what the stages stored: final runs' files and the search trials."""
-    ctx = Context.build(cfg, torch.device("cpu"))  # the same test set and streams the workers used
-    baselines = evaluate_baselines(ctx.test)
-    results, history, runs, overlap = [], [], [], []
+    ctx = Context.build(cfg, torch.device("cpu"))  # the same test splits and streams the workers used
+    references, oeis = References(ctx), Oeis(cfg.data.length)
+    results, history, runs, overlap, real = [], [], [], [], []
     for seed in cfg.seeds:
-        results.append(baselines.assign(seed=seed))
-        overlap.append(test_overlap(ctx.test, ctx.stream(seed), cfg.train.steps).assign(seed=seed))
+        lookup = LookupTable.fit(ctx.budget(seed))  # exactly what this seed's final runs trained on
+        results += [references.rows(seed).assign(seed=seed), lookup_rows(ctx, seed, lookup).assign(seed=seed)]
+        real += oeis.points(seed, point_baselines(lookup))
+        overlap.append(test_overlap(ctx.test, ctx.seen(seed)).assign(seed=seed))
         for record, files in _read_runs(cfg, seed, "final"):
             runs.append(record)
             if files.history.exists():
                 history.append(pd.read_parquet(files.history))
             if record.status == "ok":
                 results.append(pd.read_parquet(files.results))
+    models = final_models(cfg, runs)
+    for (arch, seed), model in models.items():
+        real += oeis.model(arch, seed, model, cfg.eval.batch_size)
     storage = open_storage(cfg)
     mutual = mutual_tables(cfg, ctx.test, runs) if cfg.mutual.weight is not None else {}
     return {
@@ -92,9 +112,17 @@ def collect(cfg: Config) -> dict[str, pd.DataFrame]:
         "trials": trials_table(cfg, storage),
         "overlap": pd.concat(overlap, ignore_index=True).assign(study=cfg.name),
         "decay": decay_table(cfg, ctx.test, runs),
-        "cka": cka_table_for(cfg, ctx.test, runs),
+        "cka": cka_table_for(cfg, ctx.test, models),
         "cka_floor": cka_floor_table(cfg, ctx.test, runs),
+        "ceiling": ceiling_table(ctx),
+        "splits": splits_table(ctx),
+        "oeis": oeis_table(real, cfg.name),
     }
+
+
+def final_models(cfg: Config, runs: list[RunRecord]) -> dict[tuple[str, int], torch.nn.Module]:
+    """The final models that trained, from their stored weights, on the CPU in eval mode, by (arch, seed)."""
+    return {(run.arch, int(run.seed)): stored_model(cfg, run).eval() for run in runs if run.status == "ok"}
 
 
 def mutual_tables(cfg: Config, test: SequenceSet, alone: list[RunRecord]) -> dict[str, pd.DataFrame]:
@@ -158,11 +186,11 @@ def stored_model(cfg: Config, run: RunRecord) -> torch.nn.Module:
     return model
 
 
-def cka_table_for(cfg: Config, test: SequenceSet, runs: list[RunRecord]) -> pd.DataFrame:
+def cka_table_for(cfg: Config, test: SequenceSet, models: dict[tuple[str, int], torch.nn.Module]) -> pd.DataFrame:
     """Linear CKA between the block outputs of the final models that trained (`bench.analysis.cka.cka_table`:
-    every pair of models and layers, within and across seeds), from their stored weights, on the same
-    probe sequences as `decay_table`. Not cached per model: one forward pass per model, seconds for a study."""
-    models = {(run.arch, int(run.seed)): stored_model(cfg, run) for run in runs if run.status == "ok"}
+    every pair of models and layers, within and across seeds), from their stored weights (`final_models`), on
+    the same probe sequences as `decay_table`. Not cached per model: one forward pass per model, seconds for a
+    study."""
     if not models:
         return pd.DataFrame(columns=CKA_COLUMNS)
     return cka_table(models, probe_tokens(test)).assign(study=cfg.name)[CKA_COLUMNS]
@@ -199,18 +227,19 @@ def trials_table(cfg: Config, storage: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_overlap(test: SequenceSet, stream: TrainStream, steps: int) -> pd.DataFrame:
-    """Per (phase, family): how many test sequences occur verbatim in the training budget's stream."""
-    seen = seen_in_training(test, stream, steps)
+def test_overlap(test: SequenceSet, seen: torch.Tensor) -> pd.DataFrame:
+    """Per (phase, family): how many iid test sequences occur verbatim in the training budget's stream
+    (`seen`, `Context.seen`: the iid_seen rows)."""
     frame = pd.DataFrame({"phase": test.phase.numpy(), "family": test.family_names(), "seen": seen.numpy()})
     table = frame.groupby(["phase", "family"], sort=False)["seen"].agg(n="size", seen="sum").reset_index()
     return table.assign(seen_fraction=table["seen"] / table["n"])
 
 
 def _tidy(df: pd.DataFrame, study: str) -> pd.DataFrame:
-    """Test-set scores of the final stage (baselines included, on the same test set)."""
-    cols = ["study", "stage", "arch", "seed", "phase", "family", "position", "metric", "value", "n"]
-    return df.assign(study=study, stage="final")[cols].reset_index(drop=True)
+    """Test scores of the final stage (baselines and ceiling included, on the same test splits)."""
+    out = df.assign(study=study, stage="final")[RESULT_COLUMNS].reset_index(drop=True)
+    out["length"] = out["length"].astype("int64")
+    return out
 
 
 def _long_history(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -33,9 +34,12 @@ from bench.experiment.checks import (
     check_memory,
     check_numbers,
     check_out_dir,
+    check_search,
     check_storage_url,
+    check_test_lengths,
     check_wandb_mode,
     check_writable_dir,
+    is_pow2,
 )
 from bench.experiment.studyfile import load_study_file
 from bench.models import ModelConfig, mixer_defaults, mixer_names
@@ -55,8 +59,14 @@ class DataConfig:
     length: int = 8  # sequence length (the design starts at 8)
     phase_epochs: int = 10  # epochs trained purely on each phase before moving on
     transition_epochs: int = 5  # linear blend between consecutive phases, in epochs
-    val_size: int = 100  # fresh validation sequences per validation (the design's 100)
-    test_per_family: int = 100  # fixed test sequences per family, from the evaluation seed
+    val_size: int = 100  # fresh validation sequences per validation (the design's 100): the logged monitor
+    # the fixed validation set (drawn once per seed, disjoint from the test splits) that early stopping,
+    # pruning and model selection read; the issue asks for >= 1000, the default
+    val_fixed_size: int = 1000
+    test_per_family: int = 100  # fixed test sequences per family (each split), from the evaluation seed
+    # lengths of the `length` test split (the same families, longer sequences); null = [2L, 4L] for
+    # data.length L; [] = no length split. Each must exceed data.length.
+    test_lengths: list[int] | None = None
     eval_seed: int = EVAL_SEED  # seeds the test set; no training stream uses it
 
 
@@ -127,7 +137,11 @@ class Config:
     wandb_project: str = "archbench"
     report: bool = True  # write the report when the study ends (python -m bench.report does it on demand)
     report_dir: str | None = None  # null = <out_dir>/report; the committed reports/<name>/ only when named here
+    long_study: str | None = None  # the study with the budget that aims for 90 % of the ceiling (the report names it)
     mutual: MutualConfig = field(default_factory=MutualConfig)
+    # ablation: {variant: ["key=value", ...]}; each runs as its own study `<name>-<variant>` in
+    # <out_dir>/<variant>, then one ablation report (bench.run, bench.report.ablation); {} = one study
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def arch_list(self) -> list[str]:
@@ -141,6 +155,12 @@ class Config:
     def model_config(self, arch: str) -> ModelConfig:
         """What `bench.models.build_model` needs for `arch`: `model` with its architecture and length."""
         return replace(self.model, arch=arch, max_len=self.data.length)
+
+    @property
+    def test_length_list(self) -> list[int]:
+        """The lengths of the `length` test split: `data.test_lengths`, or [2L, 4L] when null."""
+        d = self.data
+        return list(d.test_lengths) if d.test_lengths is not None else [2 * d.length, 4 * d.length]
 
     @property
     def output_dir(self) -> Path:
@@ -237,10 +257,6 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(tree))
 
 
-def _is_pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 def _positive(**values: float) -> None:
     for key, value in values.items():
         if value <= 0:
@@ -271,13 +287,40 @@ def validate(cfg: DictConfig | Config) -> Config:
     _validate_model(cfg)
     _validate_train(cfg)
     _validate_data(cfg)
-    _validate_search(cfg)
+    check_search(cfg.search)
     _validate_memory(cfg)
     _validate_engine(cfg)
+    _validate_variants(cfg)
+    if cfg.long_study is not None and cfg.long_study not in study_names():
+        raise ConfigError(f"long_study: no study file studies/{cfg.long_study}.yaml")
     check_out_dir(cfg.output_dir)
     if cfg.report:
         check_writable_dir(cfg.report_path, "report_dir")
     return cfg
+
+
+VARIANT_FIXED_KEYS = ("study", "name", "out_dir", "storage", "report_dir", "variants")  # set per variant by bench.run
+
+
+def _validate_variants(cfg: Config) -> None:
+    """Each variant is a directory-safe name (not `report`: the ablation report's folder) with distinct
+    `key=value` overrides of keys a variant may set, e.g. {"numeric_a0": ["model.embedding=numeric",
+    "train.alpha=0"]}; whether each key and value exists is checked by composing it (bench.run)."""
+    seen: dict[frozenset[str], str] = {}
+    for name, overrides in cfg.variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "report":
+            raise ConfigError(f"variants: name '{name}' must be letters, digits, '_', '.', '-' (and not 'report')")
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        for o, key in zip(overrides, keys, strict=True):
+            if "=" not in o or not key:
+                raise ConfigError(f"variants.{name}: '{o}' is not a key=value override")
+            if key.lstrip("+~") in VARIANT_FIXED_KEYS:
+                raise ConfigError(f"variants.{name}: '{key}' is set per variant and cannot be overridden there")
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"variants.{name} sets a key twice: {list(overrides)}")
+        same = seen.setdefault(frozenset(overrides), name)
+        if same != name:
+            raise ConfigError(f"variants {same} and {name} have the same overrides")
 
 
 def _validate_memory(cfg: Config) -> None:
@@ -310,9 +353,9 @@ def _validate_model(cfg: Config) -> None:
     for key in DERIVED_MODEL_KEYS:
         if getattr(m, key) != default[key]:
             raise _derived_key_error(f"model.{key}")
-    if not _is_pow2(m.d_model):
+    if not is_pow2(m.d_model):
         raise ConfigError(f"model.d_model must be a power of two, got {m.d_model}")
-    if not _is_pow2(m.d_state):
+    if not is_pow2(m.d_state):
         raise ConfigError(f"model.d_state must be a power of two, got {m.d_state}")
     if m.d_state > m.d_model:
         raise ConfigError(f"model.d_state ({m.d_state}) must not exceed model.d_model ({m.d_model})")
@@ -326,7 +369,7 @@ def _validate_train(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     _positive(**{"train.steps": t.steps, "train.batch_size": t.batch_size, "train.lr": t.lr,
                  "train.val_every": t.val_every, "train.grad_clip": t.grad_clip,
-                 "train.patience": t.patience, "data.val_size": d.val_size,
+                 "train.patience": t.patience, "data.val_size": d.val_size, "data.val_fixed_size": d.val_fixed_size,
                  "data.test_per_family": d.test_per_family, "eval.batch_size": cfg.eval.batch_size,
                  "threads": cfg.threads})
     if t.distance_weight not in ("linear", "quadratic", "sqrt"):
@@ -347,33 +390,12 @@ def _validate_data(cfg: Config) -> None:
         cfg.curriculum().validate_length(d.length)
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
+    check_test_lengths(cfg.data.length, cfg.test_length_list)
     prefix = cfg.eval.continuation_prefix
     if prefix is not None and not 1 <= prefix < d.length:
         raise ConfigError(f"eval.continuation_prefix must be in [1, data.length), got {prefix}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
-
-
-def _validate_search(cfg: Config) -> None:
-    s, sp = cfg.search, cfg.search.space
-    if s.n_trials < 0:
-        raise ConfigError(f"search.n_trials must be non-negative, got {s.n_trials}")
-    if s.steps is not None:
-        _positive(**{"search.steps": s.steps})
-    if s.pruner not in ("median", "none"):
-        raise ConfigError(f"search.pruner must be median or none, got '{s.pruner}'")
-    if min(s.startup_trials, s.warmup_validations) < 0:
-        raise ConfigError("search.startup_trials and search.warmup_validations must be non-negative")
-    for key in ("d_model", "d_state", "d_conv", "num_layers", "lr"):
-        rng = getattr(sp, key)
-        if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
-            raise ConfigError(f"search.space.{key} must be [min, max] with 0 < min <= max, got {list(rng)}")
-        if key in ("d_model", "d_state", "d_conv") and not (_is_pow2(rng[0]) and _is_pow2(rng[1])):
-            raise ConfigError(f"search.space.{key} bounds must be powers of two, got {list(rng)}")
-    if sp.d_state[0] > sp.d_model[0]:
-        raise ConfigError(f"search.space.d_state min ({sp.d_state[0]}) exceeds d_model min ({sp.d_model[0]})")
-    if not sp.expand or any(e not in (1, 2, 4) for e in sp.expand) or len(set(sp.expand)) != len(sp.expand):
-        raise ConfigError(f"search.space.expand must list distinct values from {{1, 2, 4}}, got {list(sp.expand)}")
 
 
 def _validate_engine(cfg: Config) -> None:

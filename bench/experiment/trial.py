@@ -4,7 +4,7 @@
 pruned before anything is allocated); `build` makes the model from the same initialisation stream
 for every architecture; `run_trial` trains it inside its Optuna trial (reporting each validation,
 pruning a search trial that falls behind the median, checkpointing for a retry to resume from);
-`write_final` evaluates a final run on the fixed test set and writes its files (`RunFiles`).
+`write_final` evaluates a final run on the fixed test splits and writes its files (`RunFiles`).
 A diverged (NaN/inf) or out-of-memory run is a finished, failed run with its reason.
 """
 
@@ -21,6 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from bench.analysis import memory_decay
+from bench.data import SequenceSet
 from bench.experiment.config import Config
 from bench.experiment.context import Context, probe_tokens
 from bench.experiment.records import VALIDATION_KEYS, RunFiles, RunRecord, checkpoint_dir
@@ -28,7 +29,7 @@ from bench.experiment.search import trial_config
 from bench.experiment.storage import frozen
 from bench.experiment.tracking import NullRun, WandbRun
 from bench.memory import estimate, measured_bytes, model_on_meta
-from bench.metrics import ALL, continuation, evaluate
+from bench.metrics import ALL, continuation, evaluate, score_splits
 from bench.models import build_model
 from bench.seeding import derive_seed
 from bench.train import TrainingDiverged, TrainResult, train
@@ -167,27 +168,43 @@ def joint_outcome(ctx: Context, record: RunRecord, model: torch.nn.Module, res: 
     return Trained(state, None if res.error else res.best_val, record, res.history, model)
 
 
-def test_scores(ctx: Context, model: torch.nn.Module) -> pd.DataFrame:
-    """A trained model's scores on the fixed test set: per-position metrics and greedy continuation."""
+def test_scores(ctx: Context, model: torch.nn.Module, seed: int) -> pd.DataFrame:
+    """A trained model's scores on every test split of its seed (`Context.splits`): per-position
+    metrics and greedy continuation, with `split` and `length` columns. Continuation starts from
+    `eval.continuation_prefix` values, or half of each split's own length (4 of 8, 8 of 16, ...)."""
     cfg = ctx.cfg
-    prefix = cfg.eval.continuation_prefix or cfg.data.length // 2
-    return pd.concat([evaluate(model, ctx.test, cfg.eval.batch_size),
-                      continuation(model, ctx.test, prefix, cfg.eval.batch_size)], ignore_index=True)
+
+    def score(_: str, test: SequenceSet) -> pd.DataFrame:
+        prefix = cfg.eval.continuation_prefix or test.seqs.shape[1] // 2
+        return pd.concat([evaluate(model, test, cfg.eval.batch_size),
+                          continuation(model, test, prefix, cfg.eval.batch_size)], ignore_index=True)
+
+    return score_splits(score, ctx.splits(seed))
 
 
 def write_final(ctx: Context, trained: Trained) -> dict[str, float]:
     """A closed final (or mutual-stage) run's files (`RunFiles`: record, history, and for a run that
     finished ok its test scores and weights). Returns the study-level test scores
-    ({"test_accuracy": ...}; empty for a failed run)."""
+    ({"test_accuracy": ...} on `iid_unseen`, the headline split, and {"test_ood_accuracy": ...} and
+    so on for the other splits; empty for a failed run)."""
     rec = trained.record
     files = RunFiles(ctx.cfg.output_dir, rec.arch, rec.seed, rec.stage)
     if rec.status != "ok":
         files.write(rec, trained.history, None, None)
         return {}
-    scored = test_scores(ctx, trained.model)
+    scored = test_scores(ctx, trained.model, rec.seed)
     files.write(rec, trained.history, scored, trained.model)
     if rec.stage == "final":  # its memory-decay curve here, in parallel workers, not serially in `collect`
         curve = memory_decay(trained.model.cpu().eval(), probe_tokens(ctx.test))  # on the CPU, as collect's
         atomic_write(files.decay, lambda p: curve.to_parquet(p, index=False))
     top = scored[scored["phase"].isna() & (scored["family"] == ALL) & scored["position"].isna()]
-    return {f"test_{m}": float(v) for m, v in zip(top["metric"], top["value"], strict=True)}
+    return {f"{summary_prefix(s, n)}_{m}": float(v)
+            for s, n, m, v in zip(top["split"], top["length"], top["metric"], top["value"], strict=True)}
+
+
+def summary_prefix(split: str, length: int) -> str:
+    """The W&B summary name of a split's scores: "test" for iid_unseen (the headline), "test_ood",
+    "test_iid_seen", "test_length_16", ..."""
+    if split == "iid_unseen":
+        return "test"
+    return f"test_length_{length}" if split == "length" else f"test_{split}"

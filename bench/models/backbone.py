@@ -4,7 +4,14 @@
     Block: x = x + dropout(mixer(norm1(x))); x = x + dropout(ffn(norm2(x))), ffn = Linear -> GELU -> Linear
 
 The model has no position embedding of its own (the Transformer mixer carries RoPE); the "numeric"
-embedding is the one exception, because the design feeds (value, position) as two numbers.
+and "both" embeddings are the exception, because the design feeds (value, position) as two numbers.
+Embeddings (`ModelConfig.embedding`), for token v at position p and max_len = 8:
+    learned  E[v]                                  a 256 x d table
+    numeric  W (v/255, p/7) + b                    Linear(2, d); token 255 at p = 7 feeds (1, 1)
+    both     E[v] + W (v/255, p/7) + b             the two summed: identity of a value and its magnitude
+Positions past max_len - 1 are allowed (a model trained at length 8 is evaluated at 16 and 32): the
+position feature then exceeds 1 (p = 31 feeds 31/7 = 4.43), an extrapolation the numeric part was
+never trained on; the learned table has no position, so it is unaffected.
 Three ways to run it, which must agree (tests/test_models.py): `forward` (parallel, training),
 `prefill` + `step` (recurrent, cached decoding), and `generate` on top of either.
 """
@@ -19,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from bench.data.base import VOCAB  # token values 0..255, the one definition of the vocabulary
+
+EMBEDDINGS = ("learned", "numeric", "both")
 
 
 @dataclass
@@ -37,9 +46,10 @@ class ModelConfig:
     d_conv: int = 4
     expand: int = 2
     ffn_mult: int = 4  # FFN hidden = ffn_mult * d_model: a backbone knob, identical for every arch
-    # "learned": nn.Embedding(256, d); "numeric": fixed (value/255, pos/(max_len-1)) -> Linear(2, d)
+    # "learned": nn.Embedding(256, d); "numeric": fixed (value/255, pos/(max_len-1)) -> Linear(2, d);
+    # "both": the two summed (see the module docstring)
     embedding: str = "learned"
-    max_len: int = 8  # the numeric embedding divides positions by max_len - 1
+    max_len: int = 8  # the numeric part divides positions by max_len - 1; longer inputs feed values > 1
     dropout: float = 0.0
     mixer: dict[str, dict[str, Any]] = field(default_factory=dict)  # {arch: {knob: value}}, see above
 
@@ -47,8 +57,8 @@ class ModelConfig:
         for name in ("d_model", "num_layers", "ffn_mult", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.embedding not in ("learned", "numeric"):
-            raise ValueError(f"embedding must be 'learned' or 'numeric', got {self.embedding!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be 'learned', 'numeric' or 'both', got {self.embedding!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for arch, knobs in self.mixer.items():
@@ -118,8 +128,11 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        # nn.Embedding for "learned" only: the trainer exempts embedding tables from weight decay.
-        self.embed = nn.Embedding(VOCAB, d) if cfg.embedding == "learned" else nn.Linear(2, d)
+        # `embed` is the table ("learned", "both") or the Linear(2, d) ("numeric"), as stored checkpoints
+        # name it; "both" adds the Linear as `embed_numeric`. The trainer exempts nn.Embedding tables
+        # from weight decay, never the Linear.
+        self.embed = nn.Embedding(VOCAB, d) if cfg.embedding != "numeric" else nn.Linear(2, d)
+        self.embed_numeric = nn.Linear(2, d) if cfg.embedding == "both" else None
         self.blocks = nn.ModuleList(
             Block(d, make_mixer(), cfg.ffn_mult, cfg.dropout) for _ in range(cfg.num_layers)
         )
@@ -130,14 +143,22 @@ class SequenceModel(nn.Module):
         )
 
     def _embed(self, tokens: Tensor, start: int) -> Tensor:
-        """tokens (B, L) at positions start..start+L-1 -> (B, L, d)."""
+        """tokens (B, L) at positions start..start+L-1 -> (B, L, d); any start + L (see the module docstring)."""
         if self.cfg.embedding == "learned":
             return self.embed(tokens)
-        dtype = self.embed.weight.dtype
+        if self.cfg.embedding == "numeric":
+            return self.embed(self._features(tokens, start))
+        return self.embed(tokens) + self.embed_numeric(self._features(tokens, start))
+
+    def _features(self, tokens: Tensor, start: int) -> Tensor:
+        """The numeric features (value/255, position/(max_len-1)), (B, L) -> (B, L, 2): with max_len 8,
+        token 51 at position 2 -> (0.2, 0.2857); at position 14 the second feature is 2.0."""
+        linear = self.embed_numeric if self.embed_numeric is not None else self.embed
+        dtype = linear.weight.dtype
         value = tokens.to(dtype) / (VOCAB - 1)  # (B, L)
         pos = torch.arange(start, start + tokens.shape[1], device=tokens.device, dtype=dtype)
         pos = (pos / max(self.cfg.max_len - 1, 1)).expand_as(value)  # (L,) -> (B, L)
-        return self.embed(torch.stack((value, pos), dim=-1))  # (B, L, 2) -> (B, L, d)
+        return torch.stack((value, pos), dim=-1)
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x))

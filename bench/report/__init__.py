@@ -4,15 +4,21 @@ is retrained, torch is never imported):
     build_report(out_dir, report_dir)   # -> report_dir/README.md and its PNG figures
 
 reads the tables, config.yaml and meta.yaml in `out_dir` (`load`), computes the analysis tables
-(`tables`, `cka`, `stats`; hyperparameter importances from the Optuna storage, `importance`), draws
-the figures (`draw`, `figures`) and writes the markdown (`sections`, `findings`, `markdown`):
+(`numbers`: `tables`, `against`, `oeis`, `cka`, `stats`; hyperparameter importances from the Optuna
+storage, `importance`), draws the figures (`draw`, `figures`) and writes the markdown (`sections`,
+`ceiling_sections`, `comparisons`, `findings`, `markdown`). Every score is read per test split:
+headlines use iid_unseen and ood only, never iid_seen (sequences drawn verbatim in training), never a mix.
 
-  1. what was run (budget, seeds, data, storage, the command that reproduces it, test-set overlap);
-  2. headline (best configuration, size, test scores as mean and 95 % Student-t interval over seeds,
-     baselines beside them, failed runs);
-  3. paired comparisons on the same (seed, family) test cells (paired bootstrap, Holm-corrected);
-  4. figures; 5. findings generated from the numbers; 6. for a study with a mutual stage, each
-     architecture trained jointly against alone, paired by seed and by test cell.
+  first line: "Best: X" only where X is separable from every other architecture, else the top group,
+     and whether any architecture reached 90 % of the ceiling;
+  1. what was run (budget, seeds, data, storage, the command that reproduces it, split sizes);
+  2. headline (best configuration, size, iid_unseen / ood / length accuracy and accuracy / ceiling as
+     mean and 95 % Student-t interval over seeds, tokens to 50 % and 90 % of the ceiling, baselines
+     and the ceiling beside them, failed runs);
+  3. against the ceiling (accuracy / ceiling per family with below-baseline flags, identifiable
+     positions, the ceiling table); 4. paired comparisons on the same (seed, family) cells, iid_unseen
+     and ood separately; 5. real sequences (OEIS); 6. figures; 7. findings generated from the numbers;
+  8. for a study with a mutual stage, each architecture trained jointly against alone.
 
 The report is built in a temporary directory beside the target and moved in with the README last,
 so a failure never leaves a half-written README. Given a storage, `publish` then attaches it to the
@@ -30,9 +36,9 @@ from pathlib import Path
 
 from bench.report.draw import FIGURES, draw_figures
 from bench.report.load import MissingResults, ReportInputError, load
+from bench.report.numbers import compute
 from bench.report.publish import publish
 from bench.report.sections import render
-from bench.report.tables import compute
 from bench.util import first_line
 
 __all__ = ["FIGURES", "MissingResults", "ReportInputError", "build_report", "publish"]

@@ -9,12 +9,12 @@ import pandas as pd
 
 from bench.report import figures
 from bench.report.cka import CKA_KINDS, cka_last_matrix, cka_layer_kinds
-from bench.report.load import BASELINES, Stored, with_others
-from bench.report.tables import Numbers
+from bench.report.load import PRIMARY, Stored, with_others
+from bench.report.numbers import Numbers
 
 FIGURES = {  # file -> what it shows
-    "accuracy.png": "accuracy and distance error per architecture",
-    "families.png": "accuracy per family",
+    "accuracy.png": "accuracy (iid_unseen, ood) and distance error per architecture",
+    "families.png": "accuracy / ceiling per family (iid_unseen, ood)",
     "learning_curves.png": "learning curves",
     "memory_decay.png": "memory-decay curves",
     "lag_accuracy.png": "accuracy against lag k",
@@ -30,11 +30,13 @@ def draw_figures(s: Stored, n: Numbers, out: Path) -> dict[str, str]:
     """Write every figure the data allow into `out`; returns {file: ''} for drawn ones and {file: why} for
     the ones left out (a file absent from the answer has no place in this report, e.g. lag accuracy)."""
     drawn: dict[str, str] = {}
-    figures.overall(n.summary[n.summary.arch.isin(n.order)], n.summary[n.summary.arch.isin(BASELINES)], n.order,
-                    out / "accuracy.png")
+    figures.overall(_panels(n), n.order, out / "accuracy.png")
     drawn["accuracy.png"] = ""
-    if n.families.size:
-        figures.family_heatmap(n.families, out / "families.png")
+    ratios = {sp: m.drop(index=[a for a in m.index if a in ("ceiling", "baseline_uniform")])
+              for sp, m in n.family_ratio.items() if m.size}
+    if ratios:
+        figures.family_heatmap(ratios, {sp: set(zip(b["arch"], b["family"], strict=True)) for sp, b in n.below.items()},
+                               out / "families.png")
         drawn["families.png"] = ""
     else:
         drawn["families.png"] = "no per-family results"
@@ -49,11 +51,31 @@ def draw_figures(s: Stored, n: Numbers, out: Path) -> dict[str, str]:
     return drawn
 
 
+def _panels(n: Numbers) -> list[tuple[str, str, float, pd.DataFrame]]:
+    """accuracy.png's panels: accuracy on iid_unseen and on ood, distance error on iid_unseen."""
+    t = n.by_split
+    pick = lambda split, metric: t[(t.split == split) & (t.metric == metric)][["arch", "mean", "half"]]  # noqa: E731
+    return [("iid_unseen accuracy (higher is better)", "accuracy (%)", 100.0, pick(PRIMARY, "accuracy")),
+            ("ood accuracy (higher is better)", "accuracy (%)", 100.0, pick("ood", "accuracy")),
+            ("iid_unseen distance error (lower is better)", "mean |prediction − target| (values)", 1.0,
+             pick(PRIMARY, "distance_error"))]
+
+
+def _validation_ceiling(s: Stored) -> float | None:
+    """The ceiling on the fixed validation set, mean over seeds (ceiling.parquet, set 'validation')."""
+    c = s.ceiling
+    if c is None or "set" not in c:
+        return None
+    v = c[(c["set"] == "validation") & (c["family"] == "all") & c["position"].isna()]["accuracy"]
+    return float(v.mean()) if len(v) else None
+
+
 def _draw_training(s: Stored, n: Numbers, out: Path, drawn: dict[str, str]) -> None:
     """Learning curves, memory decay and lag accuracy."""
     history = s.history if s.history is not None else pd.DataFrame(columns=["arch", "metric"])
     if (history["metric"] == "val_accuracy").any():  # failed runs' history up to the failure too
-        figures.learning_curves(history, with_others(n.order, history["arch"]), out / "learning_curves.png")
+        figures.learning_curves(history, with_others(n.order, history["arch"]), out / "learning_curves.png",
+                                _validation_ceiling(s))
         drawn["learning_curves.png"] = ""
     else:
         drawn["learning_curves.png"] = "no validation history stored (history.parquet missing or empty)"

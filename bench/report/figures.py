@@ -32,6 +32,8 @@ BASELINE_STYLE = {  # name -> (label, colour, line style)
     "baseline_uniform": ("uniform guess", "black", ":"),
     "baseline_last_value": ("last value", "#555555", "--"),
     "baseline_extrapolate": ("extrapolate", "#999999", "-."),
+    "baseline_lookup": ("lookup (memoriser)", "#777777", (0, (5, 1, 1, 1, 1, 1))),
+    "ceiling": ("ceiling (Bayes)", "black", "--"),
 }
 DPI = 120
 
@@ -57,61 +59,71 @@ def _baseline_lines(ax: plt.Axes, values: dict[str, float], vertical: bool) -> N
             continue
         label, color, style = BASELINE_STYLE[name]
         line = ax.axvline if vertical else ax.axhline
-        line(value, color=color, linestyle=style, linewidth=1.2, label=f"baseline: {label}")
+        line(value, color=color, linestyle=style, linewidth=1.2,
+             label=label if name == "ceiling" else f"baseline: {label}")
 
 
-def overall(summary: pd.DataFrame, baselines: pd.DataFrame, order: list[str], path: Path) -> Path:
-    """(a) Accuracy and distance error per architecture, mean over seeds with 95 % intervals, and
-    the baselines as lines. `summary`: arch, metric, mean, half (NaN: no interval); `baselines`:
-    arch, metric, mean."""
-    panels = [("accuracy", "test accuracy (%)", 100.0), ("distance_error", "mean |prediction − target| (values)", 1.0)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.8), sharey=True)
+def overall(panels: list[tuple[str, str, float, pd.DataFrame]], order: list[str], path: Path) -> Path:
+    """(a) One panel per (title, axis label, scale, table): each architecture's mean over seeds with its
+    95 % interval as a bar, the baselines and the ceiling (arch baseline_* / ceiling in the same
+    table) as lines. A table: arch, mean, half (NaN: no interval)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.45 * len(order) + 1.8), sharey=True,
+                             squeeze=False)
     y = np.arange(len(order))[::-1]
-    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
-        rows = summary[summary.metric == metric].set_index("arch").reindex(order)
-        err = (rows["half"].fillna(0) * scale).to_numpy()
-        ax.barh(y, rows["mean"].to_numpy() * scale, xerr=err, color=[arch_color(a) for a in order],
-                error_kw={"capsize": 3, "elinewidth": 1}, height=0.7)
-        base = baselines[baselines.metric == metric].set_index("arch")["mean"] * scale
-        _baseline_lines(ax, base.to_dict(), vertical=True)
+    for ax, (name, label, scale, table) in zip(axes[0], panels, strict=True):
+        rows = table.set_index("arch").reindex(order)
+        ax.barh(y, rows["mean"].to_numpy() * scale, xerr=(rows["half"].fillna(0) * scale).to_numpy(),
+                color=[arch_color(a) for a in order], error_kw={"capsize": 3, "elinewidth": 1}, height=0.7)
+        _baseline_lines(ax, (table.set_index("arch")["mean"] * scale).to_dict(), vertical=True)
         ax.set_xlabel(label)
-        ax.set_title({"accuracy": "Accuracy (higher is better)", "distance_error": "Distance error (lower is better)"}
-                     [metric])
+        ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, order)
-    axes[0].set_ylabel("architecture")
-    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0][0].set_yticks(y, order)
+    axes[0][0].set_ylabel("architecture")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Test scores over seeds (bars: mean, whiskers: 95 % Student-t interval)")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 5), frameon=False,
+                   bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("Scores on unseen sequences over seeds (bars: mean, whiskers: 95 % Student-t interval)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(fig, path)
 
 
-def family_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
-    """(b) Accuracy (%) per architecture (rows, baselines last) and family (columns), annotated."""
-    values = matrix.to_numpy(dtype=float) * 100
-    fig, ax = plt.subplots(figsize=(1.0 * matrix.shape[1] + 3, 0.5 * matrix.shape[0] + 2))
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if values[i, j] < 60 else "black")
-    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=40, ha="right")
-    ax.set_yticks(range(matrix.shape[0]), [str(r).replace("baseline_", "baseline: ") for r in matrix.index])
-    for tick, name in zip(ax.get_yticklabels(), matrix.index, strict=True):
-        tick.set_color("#444444" if is_baseline(str(name)) else arch_color(name))
-    ax.set_xlabel("family")
-    ax.set_ylabel("architecture")
-    ax.set_title("Test accuracy (%) per family, mean over seeds")
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
-    fig.tight_layout()
+def family_heatmap(matrices: dict[str, pd.DataFrame], flags: dict[str, set], path: Path) -> Path:
+    """(b) Accuracy / ceiling (%) per architecture (rows, baselines last) and family (columns), one
+    panel per split, annotated; a cell in `flags[split]` ((arch, family) below a trivial baseline)
+    carries a down arrow."""
+    first = next(iter(matrices.values()))
+    fig, axes = plt.subplots(1, len(matrices), figsize=((1.0 * first.shape[1] + 2.5) * len(matrices) + 1,
+                                                        0.5 * first.shape[0] + 2.2), squeeze=False)
+    image = None
+    for ax, (split, matrix) in zip(axes[0], matrices.items(), strict=True):
+        values = matrix.to_numpy(dtype=float) * 100
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        for i, arch in enumerate(matrix.index):
+            for j, family in enumerate(matrix.columns):
+                if np.isfinite(values[i, j]):
+                    mark = " ↓" if (arch, family) in flags.get(split, set()) else ""
+                    ax.text(j, i, f"{values[i, j]:.0f}{mark}", ha="center", va="center", fontsize=8,
+                            color="white" if values[i, j] < 60 else "black")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=40, ha="right")
+        ax.set_yticks(range(matrix.shape[0]), [str(r).replace("baseline_", "baseline: ") for r in matrix.index])
+        for tick, name in zip(ax.get_yticklabels(), matrix.index, strict=True):
+            tick.set_color("#444444" if is_baseline(str(name)) else arch_color(name))
+        if ax is not axes[0][0]:  # the rows are the same architectures: named once, on the left
+            ax.tick_params(labelleft=False)
+        ax.set_xlabel("family")
+        ax.set_title(split, fontsize=11)
+    axes[0][0].set_ylabel("architecture")
+    fig.suptitle("Accuracy / ceiling (%) per family, mean over seeds (↓: below a trivial baseline)", fontsize=11)
+    fig.colorbar(image, ax=axes[0].tolist(), label="accuracy / ceiling (%)", shrink=0.8)
     return _save(fig, path)
 
 
-def learning_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path:
-    """(c) Validation accuracy and cross-entropy against tokens seen: mean over seeds, band min–max."""
+def learning_curves(history: pd.DataFrame, order: list[str], path: Path, ceiling: float | None = None) -> Path:
+    """(c) Accuracy and cross-entropy on the fixed validation set against tokens seen: mean over seeds,
+    band min–max; `ceiling` (the Bayes predictor on the same set, mean over seeds) as a dashed line
+    and 90 % of it dotted."""
     loss = "val_ce" if (history.metric == "val_ce").any() else "val_loss"
     panels = [("val_accuracy", "validation accuracy (%)", 100.0),
               (loss, "validation cross-entropy (nats)" if loss == "val_ce" else "validation loss (nats)", 1.0)]
@@ -130,6 +142,10 @@ def learning_curves(history: pd.DataFrame, order: list[str], path: Path) -> Path
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if ceiling is not None and np.isfinite(ceiling):
+        axes[0].axhline(ceiling * 100, color="black", linestyle="--", linewidth=1.2, label="ceiling (Bayes)")
+        axes[0].axhline(0.9 * ceiling * 100, color="black", linestyle=":", linewidth=1, label="90 % of the ceiling")
+        axes[0].legend(fontsize=8, loc="lower right")
     axes[0].set_title("Validation accuracy (band: min–max over seeds)")
     axes[1].set_title("Validation loss (band: min–max over seeds)")
     axes[1].legend(fontsize=8, loc="upper right")
@@ -190,7 +206,7 @@ def lag_accuracy(lag: pd.DataFrame, order: list[str], path: Path) -> Path:
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_ylim(-2, 102)
     ax.set_xlabel("lag k (x_t = x_{t−k})")
-    ax.set_ylabel("test accuracy on predictable positions (%)")
+    ax.set_ylabel("iid_unseen accuracy on predictable positions (%)")
     ax.set_title("Recall at lag k (targets t ≥ k; band: 95 % interval over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -217,7 +233,7 @@ def pareto(points: pd.DataFrame, front: list[str], trials: pd.DataFrame, path: P
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against size (final runs: test accuracy, mean ± 95 %)")
+    ax.set_title("Accuracy against size (final runs: iid_unseen accuracy, mean ± 95 %)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
@@ -356,7 +372,7 @@ def mutual_gain(table: pd.DataFrame, order: list[str], path: Path) -> Path:
             ax.annotate("*", (r["gain"] * 100, yi), xytext=(0, 4), textcoords="offset points", ha="center")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, order)
-    ax.set_xlabel("test accuracy jointly − alone (pp)")
+    ax.set_xlabel("iid_unseen accuracy jointly − alone (pp)")
     ax.set_title("Mutual learning: gain per architecture (* significant, Holm)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -1,5 +1,6 @@
-"""The findings paragraph, generated from the numbers: best overall, significance, baselines,
-families, memory, lag recall, size, representations, mutual learning and failed runs. Each part
+"""The findings paragraph, generated from the numbers: the best architecture or the top group,
+separable differences, the ceiling, baselines, families, real sequences, memory, lag recall, size,
+representations, mutual learning and failed runs, all on iid_unseen (ood where named). Each part
 links to the section it summarises by anchor."""
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report.load import BASELINES, Stored, is_baseline, with_others
+from bench.report.ceiling_sections import reach_sentence
+from bench.report.load import BASELINES, PRIMARY, Stored, is_baseline, with_others
 from bench.report.markdown import and_list, heading, link, pct, plural
-from bench.report.tables import RECALL, REMEMBER, Numbers, decay_reach, mutual_verdict
+from bench.report.numbers import Numbers
+from bench.report.tables import RECALL, REMEMBER, decay_reach, mutual_verdict
 
 
 def findings(s: Stored, n: Numbers) -> str:
     """A paragraph generated from the numbers, one part per question."""
     if not n.order:
         return f"{heading('findings')}\n\nNo architecture has results.\n"
-    parts = [_best(n), *_significance(n), *_baselines(n), *_families(n), *_memory(n), *_lag(n), *_size(n)]
+    parts = [_best(n), *_significance(n), _ceiling(s, n), *_baselines(n), *_below(n), *_families(n), *_oeis(n),
+             *_memory(n), *_lag(n), *_size(n)]
     if n.cka is not None:
         parts.append(cka_finding(n.cka, with_others(n.order, n.cka["arch_a"]), n.cka_floor))
     else:
@@ -35,28 +39,61 @@ def _accuracy(n: Numbers) -> pd.DataFrame:
 
 
 def _best(n: Numbers) -> str:
-    acc, best = _accuracy(n), n.order[0]
-    b = acc.loc[best]
-    interval = (f"95 % interval {pct(max(0.0, b['mean'] - b['half']))}–{pct(min(1.0, b['mean'] + b['half']))} "
-                f"over {int(b['n'])} seeds"
-                if np.isfinite(b["half"]) else "one seed, no interval")
-    others = ", ".join(f"{a} {pct(acc.loc[a, 'mean'])}" for a in n.order[1:4] if a in acc.index)
-    return (f"**Best overall:** {best} with {pct(b['mean'])} test accuracy ({interval})"
-            + (f", ahead of {others}." if others else "."))
+    """The best architecture where it is separable from every other, else the top group, with numbers."""
+    acc = _accuracy(n)
+    lead = acc.loc[n.order[0]]
+    lo, hi = max(0.0, lead["mean"] - lead["half"]), min(1.0, lead["mean"] + lead["half"])
+    interval = (f"95 % interval {pct(lo)}–{pct(hi)} over {int(lead['n'])} seeds" if np.isfinite(lead["half"])
+                else "one seed, no interval")
+    if n.best:
+        return (f"**Best:** {n.best} with {pct(lead['mean'])} iid_unseen accuracy ({interval}), separable from every "
+                f"other architecture (see {link('pairs')}).")
+    group = ", ".join(f"{a} {pct(acc.loc[a, 'mean'])}" for a in n.top if a in acc.index)
+    return (f"**Top group** (not separable at this budget, iid_unseen accuracy): {group}; the leader's {interval}."
+            if len(n.top) > 1 else f"**One architecture:** {n.order[0]}, {pct(lead['mean'])} ({interval}).")
+
+
+def _separable(pairs: pd.DataFrame, split: str) -> str:
+    sig = pairs[pairs.separable]
+    if not len(sig):
+        return (f"on {split} no pairwise difference is separable ({plural(len(pairs), 'pair')}, "
+                f"{int(pairs['cells'].max())} cells each)")
+    desc = [f"{r.a if r.diff > 0 else r.b} > {r.b if r.diff > 0 else r.a} ({100 * abs(r.diff):.1f} pp)"
+            for r in sig.sort_values("diff", key=abs, ascending=False).itertuples()]
+    return (f"on {split} {plural(len(sig), 'difference')} of {plural(len(pairs), 'pair')}: "
+            f"{', '.join(desc[:8])}{' …' if len(desc) > 8 else ''}")
 
 
 def _significance(n: Numbers) -> list[str]:
-    if not len(n.pairs):
+    parts = [_separable(p, split) for p, split in ((n.pairs, PRIMARY), (n.pairs_ood, "ood")) if len(p)]
+    if not parts:
         return []
-    sig = n.pairs[n.pairs.significant]
-    if not len(sig):
-        return [f"**No pairwise difference is significant** at 5 % after Holm correction over "
-                f"{plural(len(n.pairs), 'pair')} ({int(n.pairs['cells'].max())} cells each), so the ranking above "
-                f"is not established by these runs."]
-    desc = [f"{r.a if r.diff > 0 else r.b} > {r.b if r.diff > 0 else r.a} ({100 * abs(r.diff):.1f} pp)"
-            for r in sig.sort_values("diff", key=abs, ascending=False).itertuples()]
-    return [f"**Significant** (5 %, Holm over {plural(len(n.pairs), 'pair')}): {plural(len(sig), 'difference')}: "
-            f"{', '.join(desc[:8])}{' …' if len(desc) > 8 else ''}."]
+    return ["**Separable** (bootstrap and sign test, each Holm-corrected, 5 %): " + "; ".join(parts) + "."]
+
+
+def _ceiling(s: Stored, n: Numbers) -> str:
+    """How far the study got against the ceiling, iid_unseen and ood."""
+    r = n.ratios[n.ratios.arch.isin(n.order)]
+    text = f"**Against the ceiling:** {reach_sentence(s, n)}"
+    ood = r[r.split == "ood"].set_index("arch")["mean"]
+    if len(ood) and ood.max() == ood.min():
+        text += f" On ood every architecture is at {pct(ood.max())} of the ceiling."
+    elif len(ood):
+        text += (f" On ood the best fraction of the ceiling is {pct(ood.max())} ({ood.idxmax()}), the lowest "
+                 f"{pct(ood.min())} ({ood.idxmin()}).")
+    return text[:-1] + f" (see {link('ceiling')})."
+
+
+def _below(n: Numbers) -> list[str]:
+    """Where an architecture is below a trivial baseline, per split."""
+    parts = []
+    for split in (PRIMARY, "ood"):
+        b = n.below.get(split)
+        if b is None or not len(b):
+            continue
+        per = b.groupby("arch")["family"].apply(list)
+        parts.append(f"on {split}, " + "; ".join(f"{a} on {', '.join(per[a])}" for a in n.order if a in per.index))
+    return [f"**Below a trivial baseline** (last value, extrapolate or lookup): {'; '.join(parts)}."] if parts else []
 
 
 def _baselines(n: Numbers) -> list[str]:
@@ -68,24 +105,45 @@ def _baselines(n: Numbers) -> list[str]:
     margin = {a: acc.loc[a, "mean"] - base.loc[top, "mean"] for a in n.order if a in acc.index}
     losers = [a for a, m in margin.items() if m <= 0]
     label = top.removeprefix("baseline_").replace("_", " ")
+    head, best = "**Baselines** (iid_unseen):", f"({label}, {pct(base.loc[top, 'mean'])})"
     if losers:
-        return [f"**Baselines:** {and_list(losers)} {'does' if len(losers) == 1 else 'do'} not beat the "
-                f"best non-learned baseline ({label}, {pct(base.loc[top, 'mean'])})."]
-    return [f"**Baselines:** every architecture beats the best non-learned baseline ({label}, "
-            f"{pct(base.loc[top, 'mean'])}), by at least {100 * min(margin.values()):.1f} pp."]
+        return [f"{head} {and_list(losers)} {'does' if len(losers) == 1 else 'do'} not beat the best non-learned "
+                f"baseline {best}."]
+    return [f"{head} every architecture's mean is above the best non-learned baseline {best}, by at least "
+            f"{100 * min(margin.values()):.1f} pp."]
 
 
 def _families(n: Numbers) -> list[str]:
-    """Which architecture is best on how many families (ties in count: the better-ranked first), and the hardest."""
-    fam = n.families.loc[[a for a in n.order if a in n.families.index]]
-    if not fam.size:
+    """The hardest and the easiest family by the highest accuracy / ceiling any architecture reaches
+    there (a description, not a test: no family is 'won')."""
+    ratio = n.family_ratio.get(PRIMARY)
+    if ratio is None:
         return []
-    winners = fam.idxmax(axis=0)
-    won = [(a, list(winners[winners == a].index)) for a in fam.index if (winners == a).any()]
-    groups = [f"{a} on {len(fs)} ({', '.join(fs)})" for a, fs in sorted(won, key=lambda t: -len(t[1]))]
-    hardest = fam.max(axis=0).idxmin()
-    return [f"**Per family** (best mean accuracy): {'; '.join(groups)}. Hardest family: {hardest} "
-            f"(best {winners[hardest]}, {pct(fam[hardest].max())})."]
+    fam = ratio.loc[[a for a in n.order if a in ratio.index]]
+    if not fam.size or fam.isna().all().all():
+        return []
+    top = fam.max(axis=0)
+    hard, easy = top.idxmin(), top.idxmax()
+    if top[hard] == top[easy]:
+        return [f"**Per family** (iid_unseen): the highest accuracy / ceiling of any architecture is {pct(top[hard])} "
+                f"on every family."]
+    return [f"**Per family** (iid_unseen, highest accuracy / ceiling of any architecture): hardest {hard} "
+            f"({pct(top[hard])}), easiest {easy} ({pct(top[easy])})."]
+
+
+def _oeis(n: Numbers) -> list[str]:
+    """Real sequences: the best architecture against the best baseline on the taught kinds and the rest."""
+    if n.oeis is None or not len(n.oeis):
+        return []
+    parts = []
+    for kind in ("taught", "other"):
+        k = n.oeis[n.oeis.kind == kind].set_index("arch")["mean"]
+        models, bases = k[k.index.isin(n.order)], k[k.index.isin(BASELINES)]
+        if len(models) and len(bases):
+            parts.append(f"on the {kind} kinds the best architecture scores {pct(models.max())} ({models.idxmax()}), "
+                         f"the best baseline {pct(bases.max())} "
+                         f"({bases.idxmax().removeprefix('baseline_').replace('_', ' ')})")
+    return [f"**Real sequences** (OEIS): {'; '.join(parts)} (see {link('oeis')})."] if parts else []
 
 
 def _memory(n: Numbers) -> list[str]:

@@ -3,8 +3,10 @@ out_dir. The report needs nothing else: no model, no training code, no configura
 
 config.yaml is the study's full configuration as OmegaConf YAML; it is read as a plain DictConfig
 (`Stored.setting`), so a report stands for a study written by an older or newer schema. The words
-of the stored tables the report relies on are named here (`ALL`, the baselines' `baseline_` prefix);
-the order in which families are shown is the test set's, as recorded in overlap.parquet.
+of the stored tables the report relies on are named here (`ALL`, the baselines' `baseline_` prefix,
+the `ceiling` arch, the test splits); the order in which families are shown is the test set's, as
+recorded in overlap.parquet. results.parquet must carry the `split` and `length` columns: a table
+from before the splits pools memorised and unseen sequences, which no headline may show.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from bench.util import first_line
 
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml", "config.yaml")  # without these nothing to report
 # <name>.parquet; a missing one is said in its section
-OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "cka_floor", "mutual", "mutual_runs", "mutual_kl")
+OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "cka_floor", "mutual", "mutual_runs", "mutual_kl",
+            "ceiling", "splits", "oeis")
 ALL = "all"  # the family of rows aggregated over families (position <NA>: over all positions)
 # the non-learned predictors scored on the same test set, in the order the report shows them
-BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
+BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate", "baseline_lookup")
+TRIVIAL = ("baseline_last_value", "baseline_extrapolate", "baseline_lookup")  # an architecture below one is flagged
+CEILING = "ceiling"  # the Bayes-optimal predictor's rows in results.parquet (per seed and split)
+REFERENCES = (*BASELINES, CEILING)  # every arch of results.parquet that is not a trained model
+# the test splits: iid_seen (verbatim in the seed's training budget), iid_unseen (same distribution,
+# never drawn), ood (the families' held-out regions), length (the same families, longer sequences)
+SPLITS = ("iid_seen", "iid_unseen", "ood", "length")
+PRIMARY = "iid_unseen"  # what every headline, ranking and comparison reads; "ood" beside it, never a mix
 
 
 class ReportInputError(ValueError):
@@ -56,6 +66,9 @@ class Stored:
     mutual: pd.DataFrame | None = None  # the mutual stage's test scores (schema of results)
     mutual_runs: pd.DataFrame | None = None
     mutual_kl: pd.DataFrame | None = None  # pairwise KL between architectures' predictions, alone and jointly
+    ceiling: pd.DataFrame | None = None  # the Bayes ceiling per (set, region, length, seed, family, position)
+    splits: pd.DataFrame | None = None  # test sequences per (seed, phase, family, split, length)
+    oeis: pd.DataFrame | None = None  # next-term scores on real (OEIS) sequences per (arch, seed, kind)
     family_names: list[str] = field(default_factory=list)  # the test set's family order
 
     @property
@@ -83,9 +96,13 @@ def load(out_dir: Path) -> Stored:
     overlap = optional["overlap"]
     cfg, meta = (_mapping(out_dir / f) for f in ("config.yaml", "meta.yaml"))
     families = list(dict.fromkeys(overlap["family"])) if overlap is not None and "family" in overlap else []
-    return Stored(out_dir=out_dir, cfg=cfg, meta=dict(OmegaConf.to_container(meta)),
-                  results=_table(out_dir / "results.parquet"), runs=_table(out_dir / "runs.parquet"),
-                  family_names=families, **optional)
+    results = _table(out_dir / "results.parquet")
+    if not {"split", "length"} <= set(results.columns):
+        raise ReportInputError(f"stored table {out_dir / 'results.parquet'} has no split/length columns (written "
+                               f"before the test splits, it pools memorised and unseen sequences); rerun the study "
+                               f"to rewrite it")
+    return Stored(out_dir=out_dir, cfg=cfg, meta=dict(OmegaConf.to_container(meta)), results=results,
+                  runs=_table(out_dir / "runs.parquet"), family_names=families, **optional)
 
 
 def _table(path: Path) -> pd.DataFrame:
@@ -114,9 +131,18 @@ def family_order(names: Any, known: list[str]) -> list[str]:
 
 
 def is_baseline(arch: str) -> bool:
-    return arch in BASELINES or arch.startswith("baseline_")
+    """A reference predictor rather than a trained architecture: a baseline or the ceiling."""
+    return arch in REFERENCES or arch.startswith("baseline_")
 
 
 def with_others(order: list[str], archs: pd.Series) -> list[str]:
     """`order`, then any other architecture in `archs` (one without test results), sorted."""
-    return [*order, *sorted(set(archs) - set(order) - set(BASELINES))]
+    return [*order, *sorted(a for a in set(archs) - set(order) if not is_baseline(a))]
+
+
+def split_rows(frame: pd.DataFrame, split: str, length: int | None = None) -> pd.DataFrame:
+    """The rows of one test split (and, given, one sequence length) of a results-schema table."""
+    keep = frame["split"] == split
+    if length is not None:
+        keep &= frame["length"] == length
+    return frame[keep]

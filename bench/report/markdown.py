@@ -12,7 +12,9 @@ import pandas as pd
 SECTIONS = {  # key -> title; numbered 1, 2, ... in this order (mutual learning only where there is a mutual stage)
     "run": "What was run",
     "headline": "Headline",
+    "ceiling": "Against the ceiling",
     "pairs": "Paired comparisons",
+    "oeis": "Real sequences (OEIS)",
     "figures": "Figures",
     "findings": "Findings",
     "mutual": "Mutual learning",

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report.against import FRACTIONS, tokens_text
+from bench.report.ceiling_sections import FLAG, first_line, label, section_ceiling, section_oeis, split_sizes
+from bench.report.comparisons import section_pairs
 from bench.report.findings import findings
-from bench.report.load import ALL, BASELINES, Stored, family_order, is_baseline
+from bench.report.load import ALL, PRIMARY, Stored, family_order, is_baseline
 from bench.report.markdown import (
     and_list,
     fmt_ci,
@@ -20,11 +23,10 @@ from bench.report.markdown import (
     link,
     md_table,
     pct,
-    plural,
     title,
 )
-from bench.report.stats import BOOTSTRAP_SEED, RESAMPLES
-from bench.report.tables import SIZE_COLUMNS, Numbers, mutual_verdict
+from bench.report.numbers import Numbers, reference_order
+from bench.report.tables import SIZE_COLUMNS, mutual_verdict
 
 
 def figure(drawn: dict[str, str], name: str, caption: str) -> str:
@@ -81,7 +83,7 @@ def section_run(s: Stored) -> str:
         f"(resumes if the storage is there; rebuild this report: `{rebuild_command(s)}`)",
         f"- **Test-set overlap with training:** {overlap_line(s.overlap, s.family_names)}",
     ]
-    return f"{heading('run')}\n\n" + "\n".join(lines) + "\n"
+    return f"{heading('run')}\n\n" + "\n".join(lines) + "\n" + split_sizes(s)
 
 
 def overlap_line(overlap: pd.DataFrame | None, known: list[str]) -> str:
@@ -98,51 +100,83 @@ def overlap_line(overlap: pd.DataFrame | None, known: list[str]) -> str:
         rest = len(per) - len(shown)
         line += ("; per family: " + ", ".join(f"{f} {100 * v:.0f} %" for f, v in shown.items())
                  + (f", the other {rest} below 10 %" if rest else "")
-                 + " (where high, test accuracy may be recall rather than rule-following)")
+                 + " (those sequences are the iid_seen split, which no headline shows)")
     return line + "."
 
 
-def _headline_row(arch: str, n: Numbers, size_cols: list[str], metrics: list[tuple]) -> list[str]:
-    """One row of the headline table: sizes, parameters, each metric over seeds, the seed count."""
-    summ = n.summary.set_index(["arch", "metric"])
+def _cell(n: Numbers, arch: str, split: str, metric: str = "accuracy", length: int | None = None,
+          scale: float = 100.0, digits: int = 1) -> str:
+    """One score over seeds: mean ± 95 % half-width for an architecture, the mean for a reference."""
+    t = n.by_split
+    r = t[(t.arch == arch) & (t.split == split) & (t.metric == metric) & ((t.length == length) if length else True)]
+    if not len(r):
+        return "—"
+    r = r.iloc[0]
+    return f"{r['mean'] * scale:.{digits}f}" if is_baseline(arch) else fmt_ci(r["mean"], r["half"], int(r["n"]),
+                                                                              scale, digits)
+
+
+def _ratio_cell(n: Numbers, arch: str, split: str) -> str:
+    r = n.ratios[(n.ratios.arch == arch) & (n.ratios.split == split)]
+    if not len(r):
+        return "—"
+    r = r.iloc[0]
+    return f"{100 * r['mean']:.1f}" if is_baseline(arch) else fmt_ci(r["mean"], r["half"], int(r["n"]), 100)
+
+
+def _headline_row(arch: str, n: Numbers, size_cols: list[str], lengths: list[int]) -> list[str]:
+    """One row of the headline table: sizes, parameters, the split scores, tokens to the ceiling, seeds."""
     base = is_baseline(arch)
     cfg_row = n.configs.loc[arch] if arch in n.configs.index else None
-    cells = [f"*baseline: {arch.removeprefix('baseline_').replace('_', ' ')}*" if base else f"**{arch}**"]
+    cells = [label(arch)]
     cells += ["—" if base or cfg_row is None else fmt_size(cfg_row[c], c) for c in size_cols]
     no_size = base or cfg_row is None or "num_params" not in cfg_row
     cells.append("—" if no_size else f"{int(cfg_row['num_params']):,}")
-    seeds = 0
-    for metric, _, scale, digits in metrics:
-        if (arch, metric) not in summ.index:
-            cells.append("—")
-            continue
-        r = summ.loc[(arch, metric)]
-        seeds = max(seeds, int(r["n"]))
-        # a baseline is deterministic on the fixed test set: one value, no interval
-        cells.append(f"{r['mean'] * scale:.{digits}f}" if base else fmt_ci(r["mean"], r["half"], int(r["n"]), scale,
-                                                                              digits))
-    cells.append("—" if base else str(seeds))
+    cells += [_cell(n, arch, PRIMARY), _ratio_cell(n, arch, PRIMARY), _cell(n, arch, "ood"),
+              _ratio_cell(n, arch, "ood"), *(_cell(n, arch, "length", length=L) for L in lengths)]
+    cells += ["—" if base else tokens_text(n.tokens, arch, f) for f in FRACTIONS]
+    seeds = n.summary[(n.summary.arch == arch) & (n.summary.metric == "accuracy")]["n"]
+    cells.append("—" if base or not len(seeds) else str(int(seeds.iloc[0])))
     return cells
 
 
-def section_headline(s: Stored, n: Numbers) -> str:
-    metrics = [("accuracy", "accuracy (%)", 100.0, 1), ("distance_error", "distance error", 1.0, 2),
-               ("loss", "loss (nats)", 1.0, 3), ("continuation_accuracy", "continuation acc. (%)", 100.0, 1)]
+def _other_metrics(n: Numbers) -> str:
+    """Distance error, loss and continuation accuracy on iid_unseen, where stored."""
+    metrics = [("distance_error", "distance error", 1.0, 2), ("loss", "loss (nats)", 1.0, 3),
+               ("continuation_accuracy", "continuation acc. (%)", 100.0, 1)]
     metrics = [m for m in metrics if (n.summary.metric == m[0]).any()]
+    if not metrics:
+        return ""
+    archs = [*n.order, *reference_order(n.summary.arch)]
+    rows = [[label(a), *(_cell(n, a, PRIMARY, m, scale=scale, digits=d) for m, _, scale, d in metrics)]
+            for a in archs]
+    return ("\nOther scores on iid_unseen: distance error is |prediction − target| in values (0–255); loss is "
+            "cross-entropy in nats (none for point predictors); continuation accuracy is greedy generation of "
+            "each sequence's second half from its first.\n\n"
+            + md_table(["architecture", *(m[1] for m in metrics)], rows) + "\n")
+
+
+def section_headline(s: Stored, n: Numbers) -> str:
     size_cols = [c for c in SIZE_COLUMNS if c in n.configs and n.configs[c].notna().any()]
-    header = ["architecture", *size_cols, "params", *(m[1] for m in metrics), "seeds"]
-    rows = [_headline_row(arch, n, size_cols, metrics)
-            for arch in [*n.order, *[b for b in BASELINES if b in set(n.summary.arch)]]]
+    lengths = sorted(int(L) for L in n.by_split.loc[n.by_split.split == "length", "length"].unique())
+    header = ["architecture", *size_cols, "params", "iid_unseen acc. (%)", "iid_unseen / ceiling (%)",
+              "ood acc. (%)", "ood / ceiling (%)", *(f"length {L} acc. (%)" for L in lengths),
+              *(f"tokens to {100 * f:.0f} % of ceiling" for f in FRACTIONS), "seeds"]
+    rows = [_headline_row(arch, n, size_cols, lengths) for arch in [*n.order, *reference_order(n.by_split.arch)]]
     one = (n.summary[n.summary.arch.isin(n.order)]["n"] == 1).any()
     text = (f"{heading('headline')}\n\n<!-- headline -->\n"
-            "Test-set scores of each architecture's best configuration, mean ± half-width of the 95 % "
-            "Student-t interval over seeds (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), sorted by accuracy; baselines are "
-            "non-learned predictors on the same test set. Distance error is |prediction − target| in values "
-            "(0–255); loss is cross-entropy in nats; continuation accuracy is greedy generation of each "
-            "sequence's second half from its first.\n\n" + md_table(header, rows) + "\n")
+            "Scores of each architecture's best configuration on sequences it never trained on, mean ± half-width "
+            "of the 95 % Student-t interval over seeds (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), sorted by iid_unseen accuracy: "
+            "iid_unseen (the training distribution, never drawn in training), ood (the families' held-out "
+            "regions) and length (the same families at longer lengths). Accuracy / ceiling is taken per seed "
+            "against the Bayes-optimal predictor on the same sequences. Tokens to 50 % / 90 % of ceiling: the "
+            "training tokens at the first validation (fixed validation set) scoring that fraction of the "
+            "ceiling on the same set, mean over seeds. Baselines are non-learned predictors on the same "
+            "sequences (lookup memorises each seed's training budget), mean over seeds. Sequences drawn "
+            "verbatim in training (iid_seen) are left out.\n\n" + md_table(header, rows) + "\n")
     if one:
         text += "\n(n=1): a single seed gives no interval.\n"
-    return text + "<!-- /headline -->\n\n" + failed_runs(s.runs)
+    return text + "<!-- /headline -->\n" + _other_metrics(n) + "\n" + failed_runs(s.runs)
 
 
 def failed_runs(runs: pd.DataFrame) -> str:
@@ -157,53 +191,20 @@ def failed_runs(runs: pd.DataFrame) -> str:
             + md_table(["architecture", "seed", "reason"], rows) + "\n")
 
 
-def _pair_matrix(n: Numbers) -> list[list[str]]:
-    """Row minus column accuracy difference (pp) for every two architectures, `*` where significant."""
-    pairs = {(r.a, r.b): r for r in n.pairs.itertuples()}
-    rows = []
-    for a in n.order:
-        row = [f"**{a}**"]
-        for b in n.order:
-            r = pairs.get((a, b)) or pairs.get((b, a))
-            if a == b or r is None:
-                row.append("·" if a == b else "—")
-                continue
-            diff = r.diff if (r.a, r.b) == (a, b) else -r.diff
-            row.append(f"{100 * diff:+.1f}{'*' if r.significant else ''}")
-        rows.append(row)
-    return rows
-
-
-def section_pairs(n: Numbers) -> str:
-    head = f"{heading('pairs')}\n\n"
-    if len(n.order) < 2 or not len(n.pairs):
-        return head + "Fewer than two architectures with results: nothing to compare.\n"
-    cells = int(n.pairs["cells"].max())
-    text = (head + f"Accuracy differences in percentage points, **row minus column**, averaged over the "
-            f"{cells} (seed, family) cells both architectures have; every cell is the same test sequences for "
-            f"both, and seed s gave both the same training stream. `*`: significant at 5 % by a paired "
-            f"bootstrap over cells ({RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), Holm-corrected over the "
-            f"{plural(len(n.pairs), 'comparison')}. Per-sequence scores are not stored, so the cell is the unit; "
-            f"with few cells the bootstrap is optimistic, and the sign test (below) is the conservative check.\n\n")
-    text += md_table(["", *n.order], _pair_matrix(n)) + "\n\n"
-    detail = [[f"{r.a} − {r.b}", str(r.cells), f"{100 * r.diff:+.2f}", f"[{100 * r.lo:+.2f}, {100 * r.hi:+.2f}]",
-               f"{r.wins}/{r.ties}/{r.losses}", f"{r.p_boot:.4f}", f"{r.p_sign:.4f}", f"{r.p_holm:.4f}",
-               "yes" if r.significant else "no"] for r in n.pairs.sort_values("p_boot").itertuples()]
-    return text + ("<details><summary>All pairs (bootstrap and sign test)</summary>\n\n"
-                   + md_table(["pair", "cells", "diff (pp)", "95 % bootstrap CI (pp)", "wins/ties/losses",
-                               "p bootstrap", "p sign test", "p Holm", "significant"], detail)
-                   + "\n\n</details>\n")
-
-
 def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     text = f"{heading('figures')}\n\n"
-    text += (f"{heading('accuracy')}\n\nBars: mean over seeds; whiskers: 95 % Student-t interval; "
-             "lines: baselines.\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
-    lag_note = ("All positions count here, including the first k of a `lag_k` sequence, which no model can "
+    text += (f"{heading('accuracy')}\n\nAccuracy on iid_unseen and on ood, and distance error on iid_unseen. Bars: "
+             "mean over seeds; whiskers: 95 % Student-t interval; lines: baselines and the ceiling (mean over "
+             "seeds).\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
+    lag_note = ("All positions count in these figures, including the first k of a `lag_k` sequence, which no model can "
                 f"predict; see {link('memory')} for the predictable positions only.\n\n" if n.lag is not None else "")
-    text += f"{heading('families')}\n\n" + lag_note + figure(drawn, "families.png", "accuracy per family")
-    text += (f"{heading('curves')}\n\nValidation accuracy and loss against training tokens, mean over seeds, "
-             "band min–max over seeds.\n\n" + figure(drawn, "learning_curves.png", "learning curves"))
+    text += (f"{heading('families')}\n\nAccuracy as a percentage of the ceiling per family, on iid_unseen and on "
+             f"ood (as in {link('ceiling')}; {FLAG}: below a trivial baseline).\n\n" + lag_note
+             + figure(drawn, "families.png", "accuracy / ceiling per family"))
+    text += (f"{heading('curves')}\n\nAccuracy and loss on the fixed validation set (the one model selection "
+             "and early stopping read) against training tokens, mean over seeds, band min–max over seeds; the "
+             "dashed black line is the ceiling on the same set (mean over seeds), the dotted one 90 % of it.\n\n"
+             + figure(drawn, "learning_curves.png", "learning curves"))
     text += (f"{heading('memory')}\n\nHow strongly the prediction of x_T (the value after the last input) depends "
              "on the input x_(T−k), k steps back (k = 1: the last input; a lag-k copy reads exactly k back), "
              "from `bench.analysis.memory_decay` on the final models: `gradient` "
@@ -212,9 +213,9 @@ def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
              "sequences and seeds, log scale.\n\n" + figure(drawn, "memory_decay.png", "memory-decay curves"))
     if "lag_accuracy.png" in drawn:
         text += ("Accuracy against lag k on the `lag_k` families, counting only the predictable positions "
-                 "(position p ≥ k − 1 predicts x_{p+1} = x_{p+1−k}), weighted by predictions.\n\n"
+                 "(position p ≥ k − 1 predicts x_{p+1} = x_{p+1−k}), weighted by predictions, on iid_unseen.\n\n"
                  + figure(drawn, "lag_accuracy.png", "accuracy against lag k"))
-    text += (f"{heading('size')}\n\nFinal runs' test accuracy against parameters with the Pareto front "
+    text += (f"{heading('size')}\n\nFinal runs' iid_unseen accuracy against parameters with the Pareto front "
              f"({' → '.join(n.front) or '—'}); crosses: search trials' validation accuracy at the search "
              "budget.\n\n" + figure(drawn, "pareto.png", "accuracy against parameters"))
     text += f"{heading('importance')}\n\n" + figure(drawn, "importance.png", "hyperparameter importances")
@@ -286,7 +287,7 @@ def section_mutual(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     return (head + "\n" + table + "\n\nThe gain's interval is over seeds (Student-t); the verdict tests the same "
             "difference over (seed, family) cells with a paired bootstrap, Holm-corrected over architectures. "
             "`mutual.weight=0` reproduces the independent runs exactly (tested), so any gain is the KL term's.\n"
-            + _agreement(s) + note + "\n" + figure(drawn, "mutual.png", "Gain in test accuracy from training "
+            + _agreement(s) + note + "\n" + figure(drawn, "mutual.png", "Gain in iid_unseen accuracy from training "
                                                    "jointly, per architecture (mean over seeds, 95 % interval)."))
 
 
@@ -296,14 +297,13 @@ def has_mutual(s: Stored) -> bool:
 
 def render(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     """The whole README: a title line with the best architecture and links to the sections, then each section."""
-    acc = n.summary[n.summary.metric == "accuracy"].set_index("arch")
-    best = (f"Best: **{n.order[0]}** at {pct(acc.loc[n.order[0], 'mean'])} test accuracy. " if n.order else "")
-    keys = ["run", "headline", "pairs", "figures", "findings", *(["mutual"] if has_mutual(s) else [])]
-    intro = (f"# Report: study `{s.name}`\n\n{best}Generated by `{rebuild_command(s)}` on "
+    keys = ["run", "headline", "ceiling", "pairs", "oeis", "figures", "findings",
+            *(["mutual"] if has_mutual(s) else [])]
+    intro = (f"# Report: study `{s.name}`\n\n{first_line(s, n)}Generated by `{rebuild_command(s)}` on "
              f"{dt.datetime.now(dt.UTC).date()} from the stored results in `{s.out_dir}` (nothing retrained). "
              "Sections: " + " · ".join(link(k, title(k).lower()) for k in keys) + ".\n")
-    sections = [intro, section_run(s), section_headline(s, n), section_pairs(n), section_figures(s, n, drawn),
-                findings(s, n)]
+    sections = [intro, section_run(s), section_headline(s, n), section_ceiling(s, n), section_pairs(n),
+                section_oeis(s, n), section_figures(s, n, drawn), findings(s, n)]
     if has_mutual(s):
         sections.append(section_mutual(s, n, drawn))
     return "\n".join(sections)

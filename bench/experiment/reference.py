@@ -1,0 +1,196 @@
+"""What the models are read against, computed once per study in `collect`: the non-learned
+baselines, the memoriser and the Bayes ceiling on every test split, the ceiling tables, how many
+test rows each split holds, and the real (OEIS) sequences.
+
+    results rows   baseline_uniform, baseline_last_value, baseline_extrapolate, ceiling: scored once
+                   per test set (per element), then aggregated per seed's split labels (a seed's
+                   iid_seen / iid_unseen rows differ); baseline_lookup: a `LookupTable` fit per
+                   seed on exactly its training budget, scored by the same code.
+    ceiling        set mixture / family_known (`bench.data.ceiling`, regions train and
+                   held_out at the study's length) and validation (the Bayes predictor scored on each
+                   seed's fixed validation set: the line the learning curves are read against).
+    splits         rows per (seed, phase, family, split, length), zeros included.
+    oeis           each final model and the point baselines on `oeis_windows(data.length)`, by kind.
+
+The ceiling of a split is the Bayes predictor of the region it is drawn from ("train" for the iid
+and length splits, at their own length; "held_out" for ood), over the split's families with equal
+weights, as the test sets hold them. Example: for phase 2 at length 8 the iid rows of seed 0 are
+scored once by Bayes(phase-2 families, 8, region="train"), and the iid_seen and iid_unseen rows of
+`results` are that one per-element table aggregated over the seed's two row masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.data import FAMILY_NAMES, SequenceSet
+from bench.data.bayes import Bayes, ceiling
+from bench.data.lookup import LookupTable
+from bench.data.oeis import KINDS, TAUGHT, oeis_windows
+from bench.experiment.context import Context
+from bench.metrics import (
+    CEILING,
+    LOOKUP,
+    baseline_predictions,
+    baseline_scores,
+    evaluate_predictions,
+    evaluate_scores,
+    model_logits,
+    score_logits,
+    score_predictions,
+    score_splits,
+    split_of,
+)
+
+PerElement = dict[str, torch.Tensor]  # metric -> per-element scores (B, L-1)
+CEILING_COLUMNS = ["study", "set", "region", "length", "seed", "family", "position", "accuracy", "loss", "method",
+                   "se"]
+SPLITS_COLUMNS = ["study", "seed", "phase", "family", "split", "length", "n_sequences"]
+OEIS_COLUMNS = ["study", "arch", "seed", "kind", "metric", "value", "n"]
+OEIS_POOLS = {**{k: (k,) for k in KINDS}, "taught": TAUGHT, "all": KINDS}
+
+
+def family_names(test: SequenceSet) -> list[str]:
+    """The families of `test`, in label (registry) order."""
+    return [FAMILY_NAMES[i] for i in sorted(test.family.unique().tolist())]
+
+
+def bayes_for(key: str, test: SequenceSet) -> Bayes:
+    """The Bayes predictor of the region test set `key` is drawn from, over its families."""
+    return Bayes(family_names(test), test.seqs.shape[1], region="held_out" if key == "ood" else "train")
+
+
+class References:
+    """Per-element scores of the seed-independent references (`BASELINES` and the ceiling) on every
+    test set of `ctx`, computed once; `rows(seed)` aggregates them over that seed's splits."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.scores: dict[str, dict[str, PerElement]] = {}
+        for key, test in ctx.sets.items():
+            log_probs = bayes_for(key, test).log_probs(test.seqs[:, :-1])
+            self.scores[key] = {**baseline_scores(test), CEILING: score_logits(log_probs, test.seqs[:, 1:])}
+        self.fixed = {key: self._tidy(test, self.scores[key]) for key, test in ctx.sets.items() if key != "iid"}
+
+    @staticmethod
+    def _tidy(test: SequenceSet, by_arch: dict[str, PerElement]) -> pd.DataFrame:
+        return pd.concat([evaluate_scores(test, per).assign(arch=arch) for arch, per in by_arch.items()],
+                         ignore_index=True)
+
+    def rows(self, seed: int) -> pd.DataFrame:
+        """Tidy rows (with split, length, arch) of every reference on `seed`'s labelled splits."""
+        seen = self.ctx.seen(seed)
+        masks = {"iid_seen": seen, "iid_unseen": ~seen}
+
+        def score(key: str, test: SequenceSet) -> pd.DataFrame:
+            if key not in masks:
+                return self.fixed[key]
+            return self._tidy(test, {arch: {m: v[masks[key]] for m, v in per.items()}
+                                     for arch, per in self.scores["iid"].items()})
+
+        return score_splits(score, self.ctx.splits(seed))
+
+
+def lookup_rows(ctx: Context, seed: int, table: LookupTable) -> pd.DataFrame:
+    """`baseline_lookup` on `seed`'s labelled splits: the memoriser fit on that seed's budget."""
+    return score_splits(lambda _, s: evaluate_predictions(table.predict, s), ctx.splits(seed)).assign(arch=LOOKUP)
+
+
+def ceiling_table(ctx: Context) -> pd.DataFrame:
+    """ceiling.parquet: the Bayes ceiling per family and position (set mixture and family_known, regions
+    train and held_out, at the study's length) and per seed on its fixed validation set (set validation:
+    family "all", position <NA>; `se` the standard error of that accuracy over the set's positions)."""
+    cfg, curriculum = ctx.cfg, ctx.curriculum
+    length, families = cfg.data.length, list(curriculum.families) if curriculum.families else None
+    parts = [ceiling(curriculum.phases, length, families, region=region, family_known=known)
+             .assign(set="family_known" if known else "mixture", region=region)
+             for region in ("train", "held_out") for known in (False, True)]
+    last = [f.name for f in curriculum.phase_families(curriculum.phases[-1])]  # the validation set's mixture
+    bayes = Bayes(last, length, region="train")
+    method = "exact" if set(bayes.methods.values()) == {"exact"} else "monte_carlo"
+    for seed in cfg.seeds:
+        val = ctx.validation(seed)
+        scores = score_logits(bayes.log_probs(val.seqs[:, :-1]), val.seqs[:, 1:])
+        acc = scores["accuracy"].flatten()
+        parts.append(pd.DataFrame([{"set": "validation", "region": "train", "seed": seed, "family": "all",
+                                    "position": pd.NA, "accuracy": float(acc.mean()),
+                                    "loss": float(scores["loss"].mean()), "method": method,
+                                    "se": float(acc.std() / math.sqrt(acc.numel()))}]))
+    table = pd.concat(parts, ignore_index=True).assign(study=cfg.name, length=length)
+    table["seed"] = table["seed"].astype("Int64")
+    table["position"] = table["position"].astype("Int64")
+    return table.reindex(columns=CEILING_COLUMNS)
+
+
+def splits_table(ctx: Context) -> pd.DataFrame:
+    """splits.parquet: test sequences per (seed, phase, family, split, length); iid_seen and
+    iid_unseen count every family of the iid set, zeros included."""
+    cfg, rows = ctx.cfg, []
+    for seed in cfg.seeds:
+        seen = ctx.seen(seed).numpy()
+        for key, test in ctx.sets.items():
+            frame = pd.DataFrame({"phase": test.phase.numpy(), "family": test.family_names(),
+                                  "seen": seen if key == "iid" else np.zeros(len(test), bool)})
+            counts = frame.groupby(["phase", "family"], sort=False)["seen"].agg(n="size", seen="sum").reset_index()
+            labelled = ({"iid_seen": counts["seen"], "iid_unseen": counts["n"] - counts["seen"]} if key == "iid"
+                        else {split_of(key): counts["n"]})
+            for split, n in labelled.items():
+                rows.append(counts[["phase", "family"]].assign(seed=seed, split=split, length=test.seqs.shape[1],
+                                                               n_sequences=n.astype("int64")))
+    return pd.concat(rows, ignore_index=True).assign(study=cfg.name)[SPLITS_COLUMNS]
+
+
+def _by_kind(kinds: np.ndarray, npos: int, per: PerElement) -> pd.DataFrame:
+    """Mean of each per-element metric over the windows of each kind and pool (OEIS_POOLS)."""
+    rows = []
+    for pool, members in OEIS_POOLS.items():
+        mask = np.repeat(np.isin(kinds, members), npos)
+        if mask.any():
+            rows += [{"kind": pool, "metric": m, "value": float(v.flatten()[torch.from_numpy(mask)].mean()),
+                      "n": int(mask.sum())} for m, v in per.items()]
+    return pd.DataFrame(rows)
+
+
+class Oeis:
+    """The OEIS windows at the study's length (none where the snapshot holds no sequence that long)."""
+
+    def __init__(self, length: int) -> None:
+        self.windows = oeis_windows(length)
+        self.kinds = np.asarray(self.windows.kind, dtype=object)
+
+    def _rows(self, per: PerElement, **labels: object) -> pd.DataFrame:
+        return _by_kind(self.kinds, self.windows.seqs.shape[1] - 1, per).assign(**labels)
+
+    def points(self, seed: int, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> list[pd.DataFrame]:
+        """Rows of point predictors (arch -> inputs (B, L-1) -> predictions) for `seed`."""
+        if not len(self.windows):
+            return []
+        inputs, targets = self.windows.seqs[:, :-1], self.windows.seqs[:, 1:]
+        return [self._rows(score_predictions(predict(inputs), targets), arch=arch, seed=seed)
+                for arch, predict in predictors.items()]
+
+    def model(self, arch: str, seed: int, model: torch.nn.Module, batch_size: int) -> list[pd.DataFrame]:
+        """Rows of a trained model (accuracy, distance_error, loss)."""
+        if not len(self.windows):
+            return []
+        logits = model_logits(model, self.windows.seqs[:, :-1], batch_size)
+        return [self._rows(score_logits(logits, self.windows.seqs[:, 1:]), arch=arch, seed=seed)]
+
+
+def point_baselines(table: LookupTable) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The OEIS point predictors of one seed: last value, extrapolate and its lookup table."""
+    return {"baseline_last_value": lambda x: baseline_predictions("baseline_last_value", x),
+            "baseline_extrapolate": lambda x: baseline_predictions("baseline_extrapolate", x),
+            LOOKUP: table.predict}
+
+
+def oeis_table(frames: list[pd.DataFrame], study: str) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=OEIS_COLUMNS)
+    table = pd.concat(frames, ignore_index=True).assign(study=study)
+    return table[OEIS_COLUMNS]
