@@ -47,7 +47,6 @@ RANDOM_BASELINE = {"accuracy": 1 / VOCAB, "distance_error": (VOCAB**2 - 1) / (3 
 BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")  # seed-independent, non-learned
 LOOKUP = "baseline_lookup"  # the memoriser, fit per seed on its training budget
 CEILING = "ceiling"  # the Bayes-optimal predictor of each split's region
-POINT_BASELINES = ("baseline_last_value", "baseline_extrapolate", LOOKUP)  # point predictors: no `loss` row
 REFERENCES = (*BASELINES, LOOKUP, CEILING)  # every non-model arch of results.parquet
 ALL = "all"  # family value of rows aggregated over families; position is <NA> for rows over all positions
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # LongTensor (B, L) -> logits (B, L, 256)

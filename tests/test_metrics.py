@@ -14,7 +14,6 @@ from bench.metrics import (
     BASELINES,
     CEILING,
     LOOKUP,
-    POINT_BASELINES,
     RANDOM_BASELINE,
     REFERENCES,
     baseline_predictions,
@@ -127,7 +126,6 @@ def test_continuation_accuracy_counts_generated_values():
 
 def test_reference_names():
     assert BASELINES == ("baseline_uniform", "baseline_last_value", "baseline_extrapolate")
-    assert POINT_BASELINES == ("baseline_last_value", "baseline_extrapolate", "baseline_lookup")
     assert (LOOKUP, CEILING) == ("baseline_lookup", "ceiling")
     assert (*BASELINES, LOOKUP, CEILING) == REFERENCES
 

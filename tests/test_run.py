@@ -101,7 +101,9 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     per = splits.groupby(["seed", "split", "length"]).n_sequences.sum()
     assert (per[:, "iid_seen", 8] + per[:, "iid_unseen", 8] == 3 * 4).all() and (per[:, "ood", 8] == 12).all()
     oeis = pd.read_parquet(out / "oeis.parquet")
-    assert list(oeis.columns) == ["study", "arch", "seed", "kind", "metric", "value", "n"]
+    assert list(oeis.columns) == ["study", "arch", "seed", "kind", "metric", "value", "n", "windows"]
+    assert (oeis.n == oeis.windows * 7).all()  # length 8: 7 scored predictions per window
+    assert oeis.groupby("kind").windows.nunique().eq(1).all()  # the same for every arch and seed
     assert set(oeis.arch) == {"baseline_last_value", "baseline_extrapolate", "baseline_lookup", *mixer_names()}
     assert {"taught", "all"} <= set(oeis.kind) and set(oeis[oeis.arch == "baseline_lookup"].metric) == {
         "accuracy", "distance_error"}

@@ -21,6 +21,7 @@ from bench.data import (
     training_budget,
     validation_set,
 )
+from bench.data.base import reserved
 from bench.experiment.config import compose_config
 from bench.seeding import generator
 
@@ -46,15 +47,15 @@ def validation_epochs(steps: int, val_every: int) -> list[float]:
 def audit_study(study: str, seeds: list[int] | None = None) -> None:
     """Walk every sequence a study's budgets draw (training batches of the final stage, whose first
     search.steps are the search trials' batches, every fresh validation set, the fixed validation
-    set) and assert none is held out by its own family, and that no `ood` test row occurs verbatim
-    anywhere in them."""
+    set) and assert none is held out by its own family or in the reserved slice, and that no `ood` or
+    `unseen` test row occurs verbatim anywhere in them."""
     cfg = compose_config([f"study={study}"])
     d, t = cfg.data, cfg.train
     assert (cfg.search.steps or t.steps) <= t.steps and cfg.search.seed in cfg.seeds  # search reads a prefix
     curriculum = cfg.curriculum()
     splits = make_split_test_sets(curriculum.phases, d.length, d.test_per_family, d.eval_seed, curriculum.families,
                                   cfg.test_length_list)
-    ood = splits["ood"].seqs
+    ood, unseen = splits["ood"].seqs, splits["unseen"].seqs
     for seed in seeds if seeds is not None else cfg.seeds:
         stream = TrainStream(curriculum, d.length, t.batch_size, seed, steps_per_epoch=t.val_every)
         drawn = SequenceSet.cat([stream.labelled_batch(step) for step in range(t.steps)])
@@ -64,7 +65,9 @@ def audit_study(study: str, seeds: list[int] | None = None) -> None:
         vals.append(fixed_validation_set(curriculum, d.length, seed, d.val_fixed_size, exclude=splits.values()))
         everything = SequenceSet.cat([drawn, *vals])
         assert held_out_rows(everything) == {}, (study, seed)
+        assert not reserved(everything.seqs).any(), (study, seed)
         assert not seen_in(ood, everything.seqs).any(), (study, seed)
+        assert not seen_in(unseen, everything.seqs).any(), (study, seed)
         assert len(drawn.family.unique()) == sum(len(curriculum.phase_families(p)) for p in curriculum.phases)
 
 
@@ -91,7 +94,7 @@ def test_the_audit_would_catch_a_held_out_row():
 
 def test_split_sets_have_the_documented_shape_and_regions():
     sets = make_split_test_sets((1, 2), 8, 30)
-    assert list(sets) == ["iid", "ood", "length_16", "length_32"]
+    assert list(sets) == ["iid", "unseen", "ood", "length_16", "length_32"]
     assert SPLITS == ("iid_seen", "iid_unseen", "ood", "length")
     names = [name for p in (1, 2) for name in FAMILY_NAMES if get_family(name).phase == p]
     for key, s in sets.items():
@@ -101,6 +104,8 @@ def test_split_sets_have_the_documented_shape_and_regions():
         assert s.phase.tolist() == [1] * 90 + [2] * 270, key
         assert ((s.seqs >= 0) & (s.seqs < 256)).all(), key
     assert held_out_rows(sets["iid"]) == {} and held_out_rows(sets["length_16"]) == {}
+    assert held_out_rows(sets["unseen"]) == {} and reserved(sets["unseen"].seqs).all()  # every family has some
+    assert not reserved(sets["iid"].seqs).any() and not seen_in(sets["unseen"].seqs, sets["iid"].seqs).any()
     assert held_out_rows(sets["length_32"]) == {}
     ood = sets["ood"]
     assert held_out_rows(ood) == {n: 30 for n in names}  # every ood row is held out by its own family
@@ -129,13 +134,13 @@ def test_length_splits_follow_each_rule_at_the_longer_length():
         assert torch.equal(rows.seqs, make_test_set((1, 2, 3), length, 20).seqs)
         for index in rows.family.unique().tolist():
             fam = get_family(FAMILY_NAMES[index])
-            seqs, params = fam.generate(20, length, generator("test", EVAL_SEED, fam.name, length))
+            seqs, params = fam.generate(20, length, generator("test", EVAL_SEED, fam.name, length), "stream")
             assert torch.equal(seqs, rows.seqs[rows.family == index]) and fam.check(seqs, params).all(), fam.name
 
 
 def test_length_splits_skip_families_too_short_and_the_training_length():
     sets = make_split_test_sets((4,), 32, 10, families=("lag_1", "lag_16"), lengths=(16, 32, 64))
-    assert list(sets) == ["iid", "ood", "length_16", "length_64"]  # 32 is the iid length
+    assert list(sets) == ["iid", "unseen", "ood", "length_16", "length_64"]  # 32 is the iid length
     assert sets["length_16"].family_names() == ["lag_1"] * 10  # lag_16 needs 18 terms
     assert sets["length_64"].family_names() == ["lag_1"] * 10 + ["lag_16"] * 10
     assert "length_4" not in make_split_test_sets((4,), 32, 10, families=("lag_16",), lengths=(4,))
@@ -170,15 +175,16 @@ def test_fixed_validation_set_is_fixed_disjoint_from_the_test_rows_and_never_hel
 
 
 def test_fixed_validation_set_thins_out_a_family_inside_the_test_set():
-    """`geometric` has 56 training-region sequences at length 8 and the test set holds 86 % of that
-    mass, so the fixed validation set has far fewer geometric rows than the mixture's 1/9; with
-    every one of them excluded it has none (what the docstring warns about)."""
+    """`geometric` has 44 sequences at length 8 that streams draw (56 in its training region, 12 of
+    them reserved) and the iid test rows hold 89 % of that mass, so a validation set excluding every
+    iid test row has far fewer geometric rows than the mixture's 1/9, and with every one of them
+    excluded none: why a study excludes only the iid rows its budget never drew."""
     test = make_test_set((2,), 8, 100)
     geometric, fam = FAMILY_NAMES.index("geometric"), get_family("geometric")
     support = fam.support(8)
-    region = support.restrict(~fam.held_out(support.seqs))
-    assert len(torch.unique(region.seqs, dim=0)) == 56
-    assert float(region.prob[seen_in(region.seqs, test.seqs)].sum()) == pytest.approx(48 / 56)
+    region = support.restrict(~fam.held_out(support.seqs) & ~reserved(support.seqs))
+    assert len(torch.unique(region.seqs, dim=0)) == 44
+    assert float(region.prob[seen_in(region.seqs, test.seqs)].sum()) == pytest.approx(39 / 44)
     val = fixed_validation_set(Curriculum(phases=(2,)), 8, 0, exclude=test)
     assert 0 < int((val.family == geometric).sum()) < 1000 / 9 / 2
     val = fixed_validation_set(Curriculum(phases=(2,)), 8, 0, exclude=[test, region.seqs])

@@ -625,9 +625,12 @@ def test_a_seeds_iid_rows_are_split_into_seen_and_unseen_by_its_training_budget(
     assert budget.shape == (40 * 8, 8)
     splits = ctx.splits(0)
     assert list(splits) == ["iid_seen", "iid_unseen", "ood", "length_16", "length_32"]
-    assert len(splits["iid_seen"]) + len(splits["iid_unseen"]) == len(ctx.test) == 3 * 30
+    # iid_unseen: the reserved rows (30 per family, unseen for every seed) and the iid rows never drawn
+    assert len(splits["iid_seen"]) + len(splits["iid_unseen"]) == len(ctx.test) + 3 * 30 == 2 * 3 * 30
+    assert torch.equal(splits["iid_unseen"].seqs[:90], ctx.sets["unseen"].seqs)
     assert len(splits["iid_seen"]) > 0 and seen_in(splits["iid_seen"].seqs, budget).all()
     assert not seen_in(splits["iid_unseen"].seqs, budget).any()
+    assert set(splits["iid_unseen"].family_names()) == {"constant", "arithmetic", "alternating"}
     assert [splits[k].seqs.shape[1] for k in ("ood", "length_16", "length_32")] == [8, 16, 32]
     assert not torch.equal(ctx.seen(0), ctx.seen(1))  # another seed, another budget
 
@@ -649,7 +652,7 @@ def test_the_references_score_every_split_and_the_memoriser_recalls_what_it_saw(
     assert set(rows[rows.arch == "ceiling"].metric) == {"accuracy", "distance_error", "loss"}
     assert "loss" not in set(rows[rows.arch == "baseline_lookup"].metric)
     n = overall[overall.metric == "accuracy"].groupby("split").n.max()
-    assert n["iid_seen"] + n["iid_unseen"] == 3 * 40 * 7 and n["ood"] == 3 * 40 * 7
+    assert n["iid_seen"] + n["iid_unseen"] == 2 * 3 * 40 * 7 and n["ood"] == 3 * 40 * 7  # iid + reserved rows
 
 
 def test_the_final_run_keeps_the_weights_best_on_the_fixed_validation_set(tmp_path):

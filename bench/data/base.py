@@ -25,7 +25,13 @@ MIN_LENGTH = 3  # shorter sequences cannot show an order-2 rule
 
 Params = dict[str, torch.Tensor]
 Region = Literal["train", "held_out", "any"]
-REGIONS: tuple[str, ...] = ("train", "held_out", "any")
+REGIONS: tuple[str, ...] = ("train", "held_out", "any")  # the distributions a Bayes predictor can be told
+# What `generate` can draw: a region, or the training region split by `reserved` into what every
+# training and validation stream draws ("stream") and the never-drawn slice of it ("reserved": the
+# `iid_unseen` split, the same distribution as training for any model that cannot compute the hash).
+DrawRegion = Literal["train", "held_out", "any", "stream", "reserved"]
+DRAW_REGIONS: tuple[str, ...] = (*REGIONS, "stream", "reserved")
+RESERVED_EIGHTHS = 1  # the reserved slice: this many eighths of each family's training-region sequences
 HELD_OUT_KINDS = ("translation", "composition", "extrapolation")
 # First terms reserved for the `ood` split by the translation-kind families whose sequences can coincide
 # (constant, alternating, even_odd, rule_switch; memory.py's lag_k use the same band): 16 of 256 values.
@@ -70,6 +76,26 @@ def sequence_ids(seqs: torch.Tensor) -> torch.Tensor:
     ids = torch.empty(n, dtype=torch.long)
     ids[order] = torch.cumsum(new, 0) - 1
     return ids
+
+
+def reserved(seqs: torch.Tensor) -> torch.Tensor:
+    """BoolTensor (n,): is each whole sequence in the reserved slice (about RESERVED_EIGHTHS / 8 of all
+    sequences, by a hash of every term), which no training or validation stream draws?
+
+    The hash is a polynomial in the terms mixed like splitmix64 (kept below 2^62, so int64 never
+    overflows): unrelated to any family's rule, so the slice is a pseudo-random subset of each family's
+    sequences and every family with more than a handful of sequences has some in it. It is a
+    property of the full sequence: its prefixes also start other sequences, which training does draw.
+    Example: of phase 2's 56 training-region `geometric` sequences at length 8, 8 are reserved.
+    """
+    mask = (1 << 40) - 1
+    h = torch.zeros(seqs.shape[0], dtype=torch.long)
+    for t in range(seqs.shape[1]):
+        h = (h * 1_000_003 + seqs[:, t] + 1) & mask
+    h = h ^ (h >> 17)
+    h = (h * 0x2545F491) & mask
+    h = h ^ (h >> 23)
+    return (h & 7) < RESERVED_EIGHTHS
 
 
 def check_length(length: int) -> None:
@@ -237,13 +263,15 @@ class Family(ABC):
         in_range = ((seqs >= 0) & (seqs < VOCAB)).all(dim=1)
         return in_range & self.follows_rule(seqs, params)
 
-    def generate(self, n: int, length: int, gen: torch.Generator, region: Region = "train"
+    def generate(self, n: int, length: int, gen: torch.Generator, region: DrawRegion = "train"
                  ) -> tuple[torch.Tensor, Params]:
         """n sequences (LongTensor (n, length)) and the parameters that produced them.
 
-        `region`: "train" (the default, what training, validation and the iid test splits draw:
-        the family's distribution conditioned on not `held_out`), "held_out" (conditioned on it: the
-        `ood` split) or "any" (the unconditioned parameter distribution). Conditioning is by
+        `region`: "train" (the default: the family's distribution conditioned on not `held_out`),
+        "held_out" (conditioned on it: the `ood` split), "any" (the unconditioned parameter
+        distribution), "stream" ("train" without the `reserved` slice: what every training and
+        validation stream draws) or "reserved" ("train" within the slice: the `iid_unseen` split).
+        Conditioning is by
         rejection: rounds of draws from `gen` until n rows are kept, so it is deterministic. After
         the first round (n draws) each round draws 1.1 times what the acceptance rate so far says is
         missing, so even the rarest region (about 4 % of the mass) needs two or three rounds.
@@ -251,8 +279,8 @@ class Family(ABC):
         self.validate_length(length)
         if n < 0:
             raise ValueError(f"number of sequences must be non-negative, got {n}")
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        if region not in DRAW_REGIONS:
+            raise ValueError(f"region must be one of {', '.join(DRAW_REGIONS)}, got {region!r}")
         if region == "any":
             params = self.sample_params(n, length, gen)
             return self.terms(params, length), params
@@ -263,8 +291,12 @@ class Family(ABC):
             first = self.terms(params, min(length, self.held_out_terms))
             keep = self.held_out(first) == (region == "held_out")
             params = {k: v[keep] for k, v in params.items()}
-            parts.append((self.terms(params, length), params))
-            kept, drawn = kept + int(keep.sum()), drawn + draw
+            seqs = self.terms(params, length)
+            if region in ("stream", "reserved"):
+                keep = reserved(seqs) == (region == "reserved")
+                seqs, params = seqs[keep], {k: v[keep] for k, v in params.items()}
+            parts.append((seqs, params))
+            kept, drawn = kept + seqs.shape[0], drawn + draw
             if kept >= n:
                 seqs = torch.cat([s for s, _ in parts])[:n]
                 return seqs, {k: torch.cat([p[k] for _, p in parts])[:n] for k in params}

@@ -2,13 +2,15 @@
 
 Every random draw comes from a named stream (`bench.seeding.generator`): training chunks from
 ("train", seed, chunk), validation sets from ("val", seed, index) and ("val-fixed", seed), the
-test splits from ("test", eval_seed, family, length) and ("test-ood", eval_seed, family, length).
+test splits from ("test", eval_seed, family, length), ("test-unseen", eval_seed, family, length) and
+("test-ood", eval_seed, family, length).
 Training can therefore never reproduce the test stream, and every architecture trained with the
 same seed reads exactly the same batches.
 
-Regions: every training and validation stream draws each family's region "train" (the family
-conditioned on not `Family.held_out`), so no training or validation stream ever draws a held-out
-sequence; only the `ood` test split draws region "held_out". `tests/test_splits.py` walks whole
+Regions: every training and validation stream draws each family's region "stream" (the family
+conditioned on not `Family.held_out` and not in the `reserved` slice), so no training or validation
+stream ever draws a held-out or a reserved sequence; only the `ood` test split draws region
+"held_out", and the reserved slice is the core of `iid_unseen`. `tests/test_splits.py` walks whole
 training budgets to check it. The test splits (`SPLITS`, `make_split_test_sets`) and the helpers
 that say which test rows a seed's budget drew (`training_budget`, `seen_in`) live here too.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.data.base import VOCAB, Family, Region, check_length
+from bench.data.base import VOCAB, DrawRegion, Family, check_length
 from bench.data.registry import FAMILY_INDEX, FAMILY_NAMES, PHASES, get_family
 from bench.data.registry import families as registry_families
 from bench.seeding import generator
@@ -135,8 +137,8 @@ class Curriculum:
         """n labelled sequences from the mixture at `epoch` (a float, or a per-row tensor of shape (n,)).
 
         Each row draws its phase from `phase_weights`, then a family uniformly within that phase; each
-        family then generates all of its rows in one vectorised call, always from its region "train"
-        (never a held-out sequence). Rows keep their sampled order.
+        family then generates all of its rows in one vectorised call, always from its region "stream"
+        (never a held-out or reserved sequence). Rows keep their sampled order.
         """
         self.validate_length(length)
         if isinstance(epoch, torch.Tensor) and epoch.dim() > 0 and epoch.shape != (n,):
@@ -153,7 +155,7 @@ class Curriculum:
         seqs = torch.empty(n, length, dtype=torch.long)
         for index in family.unique().tolist():  # sorted: a fixed order of draws from `gen`
             rows = (family == index).nonzero().squeeze(1)
-            seqs[rows] = get_family(FAMILY_NAMES[index]).generate(len(rows), length, gen, region="train")[0]
+            seqs[rows] = get_family(FAMILY_NAMES[index]).generate(len(rows), length, gen, region="stream")[0]
         return SequenceSet(seqs, family, torch.tensor(self.phases)[phase_idx])
 
 
@@ -236,25 +238,23 @@ def fixed_validation_set(
 ) -> SequenceSet:
     """The validation set model selection reads (early stopping, pruning, the best checkpoint):
     `size` sequences drawn once from generator("val-fixed", seed) at `curriculum.final_epoch()`
-    (the mixture the test set measures), region "train", disjoint from the rows of `exclude`.
+    (the mixture the test set measures), region "stream" (like every training stream), disjoint
+    from the rows of `exclude`.
 
     Why: 100 fresh sequences per validation make the selected step depend on which 100 were drawn
     (a +-3-4 pp sawtooth, larger than the gaps between architectures); one fixed set of 1,000 is
-    the same yardstick at every step and for every architecture of a seed. Dropping the test rows
-    keeps selection from rewarding recall of test sequences. Dropped rows are replaced by further
-    rounds from the same generator, so the set depends only on the arguments.
+    the same yardstick at every step and for every architecture of a seed. Dropping the rows of the
+    splits the headlines read keeps selection from looking at them. Dropped rows are replaced by
+    further rounds from the same generator, so the set depends only on the arguments. It never
+    holds a reserved (`unseen`) or held-out (`ood`) row, by its region; what a study excludes on top
+    (`Context.validation`) is the iid test rows its seed's budget never drew (the rest of
+    `iid_unseen`); the iid rows the budget drew are training sequences (`iid_seen`, in no headline),
+    so the set may share them, and small families (`geometric`: 56 training-region sequences) keep
+    their share of the mixture.
 
-    Example: with the phase-2 test set as `exclude`, a draw of `two_step` (1, 1, 5, 5, ...) that
-    also occurs in the test set is dropped and another mixture row drawn in its place; the result
-    has exactly `size` rows and no row equal to a test row.
-
-    Consequence: a family whose whole training region lies in the test set cannot appear here, and
-    a family mostly in it appears less often than the mixture weights it: `geometric` has 56
-    training-region sequences of length 8, 48 of them among its 100 test rows (86 % of its mass),
-    so it is about 2 % of the phase-2 set instead of 11 % (`alternating_factors`: 77 %). Model
-    selection then weighs such a family little or not at all. That is the intended trade: its
-    test rows are almost all `iid_seen` (a 2000-step budget draws every one of them), so the
-    headline splits (`iid_unseen`, `ood`) are scored on sequences selection never looked at.
+    Example: with the iid rows a seed never drew as `exclude`, a draw of `alternating_steps` that
+    equals one of them is dropped and another mixture row drawn in its place; the result has
+    exactly `size` rows and no row equal to an excluded row.
 
     `exclude`: a SequenceSet, a LongTensor (n, L) or an iterable of them (e.g. the values of
     `make_split_test_sets`); rows of another length cannot equal a validation row and are ignored.
@@ -295,7 +295,7 @@ def _rows_of_length(
     return torch.cat([m for m in mats if m.shape[1] == length] + [torch.empty(0, length, dtype=torch.long)])
 
 
-def _per_family(curriculum: Curriculum, n: int, length: int, keys: tuple[object, ...], region: Region
+def _per_family(curriculum: Curriculum, n: int, length: int, keys: tuple[object, ...], region: DrawRegion
                 ) -> SequenceSet | None:
     """`n` rows of every family of `curriculum` that supports `length`, each from its own stream
     generator(*keys, family, length) and `region`; None when no family supports `length`."""
@@ -323,12 +323,12 @@ def make_test_set(
     families: Sequence[str] | None = None,
 ) -> SequenceSet:
     """The fixed iid test set: `per_family` sequences of every family of `phases` (or only
-    `families`), region "train" (the training distribution), each family from its own stream
+    `families`), region "stream" (what training streams draw), each family from its own stream
     generator("test", eval_seed, family, length), so a family's test rows do not change when other
     families are added or removed. `seen_in_training` splits it into `iid_seen` and `iid_unseen`."""
     curriculum = _test_curriculum(phases, families, per_family)
     curriculum.validate_length(length)
-    return _per_family(curriculum, per_family, length, ("test", eval_seed), "train")
+    return _per_family(curriculum, per_family, length, ("test", eval_seed), "stream")
 
 
 def make_split_test_sets(
@@ -341,26 +341,31 @@ def make_split_test_sets(
 ) -> dict[str, SequenceSet]:
     """The test sets behind `SPLITS`, `per_family` rows of every family each:
 
-    - "iid": `make_test_set`'s rows (region "train"); a seed's budget splits them into `iid_seen`
-      (drawn verbatim in training) and `iid_unseen` (never drawn), see `seen_in_training`;
+    - "iid": `make_test_set`'s rows (region "stream"); a seed's budget splits them into `iid_seen`
+      (drawn verbatim in training) and the rest (never drawn), see `seen_in_training`;
+    - "unseen": region "reserved" from generator("test-unseen", eval_seed, family, length): the
+      training distribution's reserved slice, which no stream draws, so every family has rows that
+      are unseen for every seed whatever the budget (`iid_unseen` = these and the iid rows its
+      budget never drew);
     - "ood": region "held_out" from generator("test-ood", eval_seed, family, length): sequences no
       training or validation stream draws (a start in a reserved band, an unseen parameter
       combination or a parameter just past the training range; `Family.held_out_kind` says which);
-    - f"length_{L}" for each L in `lengths` other than `length`: region "train" at L terms from
+    - f"length_{L}" for each L in `lengths` other than `length`: region "stream" at L terms from
       generator("test", eval_seed, family, L) (the rows `make_test_set(..., length=L)` returns;
       rules stay mod 256). A family that needs more than L terms (`lag_32` needs 34) is left out at
       that L, and an L no family supports gets no key; L == `length` would repeat "iid" and is skipped.
 
-    Example: `make_split_test_sets((2,), 8, 100)` has keys iid, ood, length_16, length_32, each with
+    Example: `make_split_test_sets((2,), 8, 100)` has keys iid, unseen, ood, length_16, length_32, each with
     900 rows (9 families x 100), family-major like `make_test_set`.
     """
     curriculum = _test_curriculum(phases, families, per_family)
     curriculum.validate_length(length)
-    sets = {"iid": _per_family(curriculum, per_family, length, ("test", eval_seed), "train"),
+    sets = {"iid": _per_family(curriculum, per_family, length, ("test", eval_seed), "stream"),
+            "unseen": _per_family(curriculum, per_family, length, ("test-unseen", eval_seed), "reserved"),
             "ood": _per_family(curriculum, per_family, length, ("test-ood", eval_seed), "held_out")}
     for n in lengths:
         check_length(n)
-        part = None if n == length else _per_family(curriculum, per_family, n, ("test", eval_seed), "train")
+        part = None if n == length else _per_family(curriculum, per_family, n, ("test", eval_seed), "stream")
         if part is not None:
             sets[f"length_{n}"] = part
     return sets

@@ -1,17 +1,20 @@
 """What every trial of one worker shares: the curriculum, the fixed test splits, the validation sets
 (identical for every architecture of a seed, built once) and the device.
 
-Test splits (`bench.data.SPLITS`): `make_split_test_sets` gives the iid rows (the training
-distribution), the ood rows (each family's held-out region) and the same families at the longer
-`test_lengths`. Which iid rows a seed's training budget drew verbatim depends on the seed, so
-`splits(seed)` labels them `iid_seen` / `iid_unseen` against `training_budget(stream(seed), steps)`
-(computed once per seed and kept). Example: phase 2 at length 8 with 100 rows per family gives
-900 iid rows; seed 0's 2000 steps x 64 draw 777 of them (86 %: iid_seen), the other 123 are iid_unseen.
+Test splits (`bench.data.SPLITS`): `make_split_test_sets` gives the iid rows (what the training
+streams draw), the unseen rows (the training distribution's reserved slice, which no stream draws),
+the ood rows (each family's held-out region) and the same families at the longer `test_lengths`.
+Which iid rows a seed's training budget drew verbatim depends on the seed, so `splits(seed)` labels
+them against `training_budget(stream(seed), steps)` (computed once per seed and kept): drawn ones
+are `iid_seen`; `iid_unseen` is the unseen rows plus the iid rows the budget never drew. Example:
+phase 2 at length 8 with 300 rows per family: seed 0's 8000 steps x 64 draw about 98 % of the
+2,700 iid rows (iid_seen); iid_unseen is the 2,700 reserved rows (300 of every family) and the ~50
+iid rows never drawn.
 
 Validation: each seed's fixed validation set (`fixed_validation_set`, `data.val_fixed_size` rows,
-disjoint from every test row) is what model selection reads (`val_*`: early stopping, pruning, the
-Optuna value); the design's `data.val_size` fresh sequences per validation are the logged monitor
-(`fresh_*`).
+disjoint from every row of iid_unseen, ood and length) is what model selection reads (`val_*`:
+early stopping, pruning, the Optuna value); the design's `data.val_size` fresh sequences per
+validation are the logged monitor (`fresh_*`).
 """
 
 from __future__ import annotations
@@ -112,17 +115,23 @@ class Context:
         return self.seen_cache[seed]
 
     def splits(self, seed: int) -> dict[str, SequenceSet]:
-        """The labelled test sets of `seed`: iid_seen, iid_unseen, ood, then length_<L> per test length."""
+        """The labelled test sets of `seed`: iid_seen, iid_unseen (the unseen rows, then the iid rows
+        the budget never drew), ood, then length_<L> per test length."""
         seen = self.seen(seed)
-        rest = {k: v for k, v in self.sets.items() if k != "iid"}
-        return {"iid_seen": self.test.subset(seen), "iid_unseen": self.test.subset(~seen), **rest}
+        rest = {k: v for k, v in self.sets.items() if k not in ("iid", "unseen")}
+        unseen = SequenceSet.cat([self.sets["unseen"], self.test.subset(~seen)])
+        return {"iid_seen": self.test.subset(seen), "iid_unseen": unseen, **rest}
 
     def validation(self, seed: int) -> SequenceSet:
-        """`seed`'s fixed validation set, disjoint from every test row (on the CPU, built once)."""
+        """`seed`'s fixed validation set (on the CPU, built once), disjoint from every row the headlines
+        read: its region keeps out the unseen and ood rows, and the iid rows the budget never drew
+        are excluded; it may share iid_seen rows, which are training sequences."""
         if seed not in self.fixed_cache:
             d = self.cfg.data
+            splits = self.splits(seed)
+            exclude = [v for k, v in splits.items() if k != "iid_seen"]
             self.fixed_cache[seed] = fixed_validation_set(self.curriculum, d.length, seed, d.val_fixed_size,
-                                                          exclude=list(self.sets.values()))
+                                                          exclude=exclude)
         return self.fixed_cache[seed]
 
     def validator(self, seed: int) -> Callable[[torch.nn.Module, int, float], dict[str, float]]:

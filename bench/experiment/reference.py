@@ -7,16 +7,20 @@ test rows each split holds, and the real (OEIS) sequences.
                    iid_seen / iid_unseen rows differ); baseline_lookup: a `LookupTable` fit per
                    seed on exactly its training budget, scored by the same code.
     ceiling        set mixture / family_known (`bench.data.ceiling`, regions train and
-                   held_out at the study's length) and validation (the Bayes predictor scored on each
-                   seed's fixed validation set: the line the learning curves are read against).
+                   held_out at the study's length; held_out is the predictor told the region, an
+                   upper bound beside the results' ood ceiling) and validation (the Bayes predictor
+                   scored on each seed's fixed validation set: the learning curves' line).
     splits         rows per (seed, phase, family, split, length), zeros included.
-    oeis           each final model and the point baselines on `oeis_windows(data.length)`, by kind.
+    oeis           each final model and the point baselines on `oeis_windows(data.length)`, by kind:
+                   n scored predictions and `windows` OEIS windows of that kind.
 
-The ceiling of a split is the Bayes predictor of the region it is drawn from ("train" for the iid
-and length splits, at their own length; "held_out" for ood), over the split's families with equal
-weights, as the test sets hold them. Example: for phase 2 at length 8 the iid rows of seed 0 are
-scored once by Bayes(phase-2 families, 8, region="train"), and the iid_seen and iid_unseen rows of
-`results` are that one per-element table aggregated over the seed's two row masks.
+The ceiling of a split is the best a model trained on the training streams could be (`bayes_for`):
+the Bayes predictor of the training distribution (region "train") for the iid, unseen and length
+sets, at their own length, and of the families' whole distribution (region "any") for ood, over
+the split's families with equal weights, as the test sets hold them. Example: for phase 2 at
+length 8 the iid and unseen rows are scored once by Bayes(phase-2 families, 8, region="train"), and
+seed 0's iid_seen and iid_unseen rows of `results` are those per-element tables aggregated over
+its row masks.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ PerElement = dict[str, torch.Tensor]  # metric -> per-element scores (B, L-1)
 CEILING_COLUMNS = ["study", "set", "region", "length", "seed", "family", "position", "accuracy", "loss", "method",
                    "se"]
 SPLITS_COLUMNS = ["study", "seed", "phase", "family", "split", "length", "n_sequences"]
-OEIS_COLUMNS = ["study", "arch", "seed", "kind", "metric", "value", "n"]
+OEIS_COLUMNS = ["study", "arch", "seed", "kind", "metric", "value", "n", "windows"]
 OEIS_POOLS = {**{k: (k,) for k in KINDS}, "taught": TAUGHT, "all": KINDS}
 
 
@@ -61,8 +65,11 @@ def family_names(test: SequenceSet) -> list[str]:
 
 
 def bayes_for(key: str, test: SequenceSet) -> Bayes:
-    """The Bayes predictor of the region test set `key` is drawn from, over its families."""
-    return Bayes(family_names(test), test.seqs.shape[1], region="held_out" if key == "ood" else "train")
+    """The Bayes predictor a model could at best be, over the families of test set `key`: told the
+    training distribution (region "train") for the iid, unseen and length sets; for ood, the families'
+    whole distribution (region "any"): a predictor told that a sequence is held out would know more
+    than any model trained on the training region can (e.g. that geometric's x0 <= 8 means r = 3)."""
+    return Bayes(family_names(test), test.seqs.shape[1], region="any" if key == "ood" else "train")
 
 
 class References:
@@ -75,7 +82,8 @@ class References:
         for key, test in ctx.sets.items():
             log_probs = bayes_for(key, test).log_probs(test.seqs[:, :-1])
             self.scores[key] = {**baseline_scores(test), CEILING: score_logits(log_probs, test.seqs[:, 1:])}
-        self.fixed = {key: self._tidy(test, self.scores[key]) for key, test in ctx.sets.items() if key != "iid"}
+        self.fixed = {key: self._tidy(test, self.scores[key]) for key, test in ctx.sets.items()
+                      if key not in ("iid", "unseen")}
 
     @staticmethod
     def _tidy(test: SequenceSet, by_arch: dict[str, PerElement]) -> pd.DataFrame:
@@ -84,14 +92,14 @@ class References:
 
     def rows(self, seed: int) -> pd.DataFrame:
         """Tidy rows (with split, length, arch) of every reference on `seed`'s labelled splits."""
-        seen = self.ctx.seen(seed)
-        masks = {"iid_seen": seen, "iid_unseen": ~seen}
+        seen, iid, unseen = self.ctx.seen(seed), self.scores["iid"], self.scores["unseen"]
+        picks = {"iid_seen": lambda arch, m: iid[arch][m][seen],  # in the order of ctx.splits(seed)
+                 "iid_unseen": lambda arch, m: torch.cat([unseen[arch][m], iid[arch][m][~seen]])}
 
         def score(key: str, test: SequenceSet) -> pd.DataFrame:
-            if key not in masks:
+            if key not in picks:
                 return self.fixed[key]
-            return self._tidy(test, {arch: {m: v[masks[key]] for m, v in per.items()}
-                                     for arch, per in self.scores["iid"].items()})
+            return self._tidy(test, {arch: {m: picks[key](arch, m) for m in per} for arch, per in iid.items()})
 
         return score_splits(score, self.ctx.splits(seed))
 
@@ -146,13 +154,15 @@ def splits_table(ctx: Context) -> pd.DataFrame:
 
 
 def _by_kind(kinds: np.ndarray, npos: int, per: PerElement) -> pd.DataFrame:
-    """Mean of each per-element metric over the windows of each kind and pool (OEIS_POOLS)."""
+    """Mean of each per-element metric over the windows of each kind and pool (OEIS_POOLS); n is the
+    scored predictions and windows the OEIS windows of that kind (npos predictions each)."""
     rows = []
     for pool, members in OEIS_POOLS.items():
-        mask = np.repeat(np.isin(kinds, members), npos)
+        of_kind = np.isin(kinds, members)
+        mask = np.repeat(of_kind, npos)
         if mask.any():
             rows += [{"kind": pool, "metric": m, "value": float(v.flatten()[torch.from_numpy(mask)].mean()),
-                      "n": int(mask.sum())} for m, v in per.items()]
+                      "n": int(mask.sum()), "windows": int(of_kind.sum())} for m, v in per.items()]
     return pd.DataFrame(rows)
 
 

@@ -1,8 +1,9 @@
 """Scores read against what is achievable: accuracy as a fraction of the Bayes ceiling (the `ceiling`
 arch of results.parquet, scored per seed on the same test sequences), the training tokens an
 architecture needed to reach a fraction of the ceiling on the fixed validation set, the per-family
-flags where an architecture is below a trivial baseline, and accuracy on the identifiable positions
-(where the mixture ceiling is 100 %, from ceiling.parquet).
+flags where an architecture is below a trivial baseline (only on cells of at least MIN_SEQUENCES test
+sequences per seed), and accuracy on the identifiable positions (where the mixture ceiling is 100 %,
+from ceiling.parquet).
 
 Example: a seed whose model scores 0.45 on iid_unseen where the ceiling scores 0.75 on the same
 sequences has accuracy / ceiling 0.60; the headline shows the mean of that ratio over seeds.
@@ -17,7 +18,8 @@ from bench.report.stats import mean_ci
 from bench.report.tables import family_cells, study_level
 
 FRACTIONS = (0.5, 0.9)  # tokens to reach these fractions of the ceiling: the sample-efficiency columns
-REACHED = 0.9  # "reached the ceiling": mean iid_unseen accuracy / ceiling at least this
+REACHED = 0.9  # "reached the ceiling": the lower end of the 95 % interval of accuracy / ceiling at least this
+MIN_SEQUENCES = 20  # a below-baseline flag needs at least this many test sequences per seed in the cell
 EXACT = 1e-9  # float round-off allowed when comparing a ratio or a score with a threshold
 
 
@@ -81,23 +83,47 @@ def family_ratios(results: pd.DataFrame, split: str) -> pd.DataFrame:
     return cells.assign(value=ratio).pivot_table(index="arch", columns="family", values="value", aggfunc="mean")
 
 
-def below_baselines(results: pd.DataFrame, archs: list[str], split: str) -> pd.DataFrame:
-    """arch, family, baseline, accuracy, baseline_accuracy: every (architecture, family) whose mean
-    accuracy on `split` is below a trivial baseline's (last value, extrapolate, lookup) on the same
-    seeds' sequences; the strongest such baseline per cell."""
+def cell_sequences(results: pd.DataFrame, split: str, splits: pd.DataFrame | None = None) -> pd.Series:
+    """Test sequences per (seed, family) on `split`: splits.parquet's n_sequences where stored, else
+    the family's scored predictions in results (n over all positions) / (length - 1)."""
+    if splits is not None and len(splits) and "n_sequences" in splits:
+        t = splits[splits["split"] == split]
+        per = t.groupby(["seed", "family", "length"])["n_sequences"].sum()
+        return per.groupby(level=["seed", "family"]).min().astype(float)
+    rows = split_rows(results, split)
+    rows = rows[rows["phase"].notna() & (rows["family"] != ALL) & rows["position"].isna()
+                & (rows["metric"] == "accuracy")]
+    sequences = rows["n"].astype(float) / (rows["length"].astype(float) - 1)
+    return sequences.groupby([rows["seed"], rows["family"]]).max()
+
+
+def below_baselines(results: pd.DataFrame, archs: list[str], split: str,
+                    splits: pd.DataFrame | None = None) -> pd.DataFrame:
+    """arch, family, baseline, accuracy, baseline_accuracy, sequences: every (architecture, family)
+    whose mean accuracy on `split` is below a trivial baseline's (last value, extrapolate, lookup) on
+    the same seeds' sequences, the strongest such baseline per cell; only cells with at least
+    MIN_SEQUENCES test sequences on every one of those seeds (`cell_sequences`; sequences is the
+    fewest), as a smaller cell's mean is too noisy to call. E.g. 12 sequences per seed: never flagged."""
+    columns = ["arch", "family", "baseline", "accuracy", "baseline_accuracy", "sequences"]
     cells = family_cells(results, split=split)
     wide = cells.pivot_table(index=["seed", "family"], columns="arch", values="value")
+    counts = cell_sequences(results, split, splits)
     rows = []
     for arch in archs:
         if arch not in wide:
             continue
-        have = wide[wide[arch].notna()].groupby(level="family").mean()
+        present = wide[wide[arch].notna()]
+        have = present.groupby(level="family").mean()
+        fewest = counts.reindex(present.index).fillna(0).groupby(level="family").min()  # unknown: 0
         for family, r in have.iterrows():
+            n = fewest.get(family, 0)
+            if n < MIN_SEQUENCES:
+                continue
             beaten = [(r[b], b) for b in TRIVIAL if b in r and pd.notna(r[b]) and r[arch] < r[b] - EXACT]
             if beaten:
                 value, base = max(beaten)
-                rows.append((arch, family, base, float(r[arch]), float(value)))
-    return pd.DataFrame(rows, columns=["arch", "family", "baseline", "accuracy", "baseline_accuracy"])
+                rows.append((arch, family, base, float(r[arch]), float(value), int(n)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def identifiable_cells(ceiling: pd.DataFrame | None, length: int | None) -> pd.DataFrame:

@@ -10,10 +10,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.report.against import MIN_SEQUENCES
 from bench.report.ceiling_sections import reach_sentence
 from bench.report.load import BASELINES, PRIMARY, Stored, is_baseline, with_others
-from bench.report.markdown import and_list, heading, link, pct, plural
+from bench.report.markdown import and_list, heading, interval_text, link, pct, plural
 from bench.report.numbers import Numbers
+from bench.report.stats import intervals_overlap
 from bench.report.tables import RECALL, REMEMBER, decay_reach, mutual_verdict
 
 
@@ -93,7 +95,8 @@ def _below(n: Numbers) -> list[str]:
             continue
         per = b.groupby("arch")["family"].apply(list)
         parts.append(f"on {split}, " + "; ".join(f"{a} on {', '.join(per[a])}" for a in n.order if a in per.index))
-    return [f"**Below a trivial baseline** (last value, extrapolate or lookup): {'; '.join(parts)}."] if parts else []
+    return [f"**Below a trivial baseline** (last value, extrapolate or lookup; families with at least "
+            f"{MIN_SEQUENCES} test sequences per seed): {'; '.join(parts)}."] if parts else []
 
 
 def _baselines(n: Numbers) -> list[str]:
@@ -131,17 +134,34 @@ def _families(n: Numbers) -> list[str]:
             f"({pct(top[hard])}), easiest {easy} ({pct(top[easy])})."]
 
 
+def _oeis_models(kind: str, models: pd.DataFrame) -> str:
+    """The architectures on one kind: the top one by mean with its interval where its 95 % t interval
+    over seeds overlaps no other's, else the top group (every architecture whose interval overlaps the
+    top one's): their differences are within the seeds' spread."""
+    models = models.sort_values("mean", ascending=False, kind="stable")
+    ci = {a: (float(r["mean"]), float(r["half"]), int(r["seeds"])) for a, r in models.iterrows()}
+    top = next(iter(ci))
+    if len(ci) == 1:
+        return f"on the {kind} kinds the one architecture, {top}, scores {interval_text(*ci[top])}"
+    group = [a for a in ci if a == top or intervals_overlap(ci[top], ci[a])]
+    if len(group) == 1:
+        return (f"on the {kind} kinds {top} scores highest, {interval_text(*ci[top])}, its 95 % interval over "
+                "seeds clear of every other architecture's")
+    return (f"on the {kind} kinds {and_list(group)} are not separable (their 95 % intervals over seeds overlap: the "
+            f"differences are within the seeds' spread; top by mean {top}, {interval_text(*ci[top])})")
+
+
 def _oeis(n: Numbers) -> list[str]:
-    """Real sequences: the best architecture against the best baseline on the taught kinds and the rest."""
+    """Real sequences: the top architecture (or the top group where intervals overlap) against the
+    best baseline on the taught kinds and the rest."""
     if n.oeis is None or not len(n.oeis):
         return []
     parts = []
     for kind in ("taught", "other"):
-        k = n.oeis[n.oeis.kind == kind].set_index("arch")["mean"]
-        models, bases = k[k.index.isin(n.order)], k[k.index.isin(BASELINES)]
+        k = n.oeis[n.oeis.kind == kind].set_index("arch")
+        models, bases = k[k.index.isin(n.order)], k.loc[k.index.isin(BASELINES), "mean"]
         if len(models) and len(bases):
-            parts.append(f"on the {kind} kinds the best architecture scores {pct(models.max())} ({models.idxmax()}), "
-                         f"the best baseline {pct(bases.max())} "
+            parts.append(f"{_oeis_models(kind, models)}; the best baseline {pct(bases.max())} "
                          f"({bases.idxmax().removeprefix('baseline_').replace('_', ' ')})")
     return [f"**Real sequences** (OEIS): {'; '.join(parts)} (see {link('oeis')})."] if parts else []
 

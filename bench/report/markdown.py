@@ -68,6 +68,14 @@ def fmt_ci(mean: float, half: float, n: int, scale: float = 1.0, digits: int = 1
     return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}"
 
 
+def interval_text(mean: float, half: float, n: int, after: str = "") -> str:
+    """'92.0 %<after> (interval 88.1–95.9 %)' of a fraction over seeds (mean ± half, n seeds), or
+    '92.0 %<after> (one seed: no interval)'."""
+    if n < 2 or not np.isfinite(half):
+        return f"{pct(mean)}{after} (one seed: no interval)"
+    return f"{pct(mean)}{after} (interval {100 * (mean - half):.1f}–{100 * (mean + half):.1f} %)"
+
+
 def fmt_size(value: Any, key: str) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)) or pd.isna(value):
         return "—"

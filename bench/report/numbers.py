@@ -97,7 +97,8 @@ def compute(s: Stored, storage_url: str | None = None, resamples: int = RESAMPLE
                    best=best, top=top, families=families, family_acc=family_acc,
                    family_ratio={sp: _ordered(against.family_ratios(s.results, sp), order, s.family_names)
                                   for sp in (PRIMARY, "ood")},
-                   below={sp: _by_family(against.below_baselines(s.results, order, sp), order, s.family_names)
+                   below={sp: _by_family(against.below_baselines(s.results, order, sp, s.splits), order,
+                                           s.family_names)
                           for sp in (PRIMARY, "ood")},
                    identifiable=against.identifiable_accuracy(s.results, identifiable),
                    identifiable_cells=identifiable, oeis=oeis_scores(s.oeis) if s.oeis is not None else None,

@@ -58,6 +58,19 @@ def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, int]:
     return float(x.mean()), t_quantile(n - 1, level) * float(x.std(ddof=1)) / math.sqrt(n), n
 
 
+def lower_end(mean: float, half: float, n: int) -> float:
+    """The lower end of the 95 % interval mean ± half over n seeds; the point itself where n < 2 gives
+    no interval. E.g. 0.93 ± 0.05 over 3 seeds -> 0.88: not "at least 0.9"."""
+    return mean if n < 2 or not math.isfinite(half) else mean - half
+
+
+def intervals_overlap(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
+    """Whether two (mean, half, n) intervals overlap (a missing interval, n < 2, is its point)."""
+    lo = lambda m, h, n: lower_end(m, h, n)  # noqa: E731
+    hi = lambda m, h, n: m if n < 2 or not math.isfinite(h) else m + h  # noqa: E731
+    return lo(*a) <= hi(*b) and lo(*b) <= hi(*a)
+
+
 def sign_test(wins: int, losses: int) -> float:
     """Two-sided exact sign test p-value (ties dropped)."""
     n = wins + losses
