@@ -631,6 +631,9 @@ def test_a_seeds_iid_rows_are_split_into_seen_and_unseen_by_its_training_budget(
     assert len(splits["iid_seen"]) > 0 and seen_in(splits["iid_seen"].seqs, budget).all()
     assert not seen_in(splits["iid_unseen"].seqs, budget).any()
     assert set(splits["iid_unseen"].family_names()) == {"constant", "arithmetic", "alternating"}
+    from bench.experiment.reference import splits_table
+    counts = splits_table(ctx).query("seed == 0").groupby("split").n_sequences.sum()
+    assert counts.to_dict() == {k: len(splits[k]) for k in ("iid_seen", "iid_unseen", "ood")} | {"length": 2 * 90}
     assert [splits[k].seqs.shape[1] for k in ("ood", "length_16", "length_32")] == [8, 16, 32]
     assert not torch.equal(ctx.seen(0), ctx.seen(1))  # another seed, another budget
 

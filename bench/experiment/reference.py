@@ -137,7 +137,8 @@ def ceiling_table(ctx: Context) -> pd.DataFrame:
 
 def splits_table(ctx: Context) -> pd.DataFrame:
     """splits.parquet: test sequences per (seed, phase, family, split, length); iid_seen and
-    iid_unseen count every family of the iid set, zeros included."""
+    iid_unseen count every family of the iid set, zeros included, and iid_unseen adds the unseen
+    (reserved) rows, as `Context.splits` does."""
     cfg, rows = ctx.cfg, []
     for seed in cfg.seeds:
         seen = ctx.seen(seed).numpy()
@@ -146,11 +147,12 @@ def splits_table(ctx: Context) -> pd.DataFrame:
                                   "seen": seen if key == "iid" else np.zeros(len(test), bool)})
             counts = frame.groupby(["phase", "family"], sort=False)["seen"].agg(n="size", seen="sum").reset_index()
             labelled = ({"iid_seen": counts["seen"], "iid_unseen": counts["n"] - counts["seen"]} if key == "iid"
-                        else {split_of(key): counts["n"]})
+                        else {"iid_unseen" if key == "unseen" else split_of(key): counts["n"]})
             for split, n in labelled.items():
                 rows.append(counts[["phase", "family"]].assign(seed=seed, split=split, length=test.seqs.shape[1],
                                                                n_sequences=n.astype("int64")))
-    return pd.concat(rows, ignore_index=True).assign(study=cfg.name)[SPLITS_COLUMNS]
+    table = pd.concat(rows, ignore_index=True).groupby(["seed", "phase", "family", "split", "length"], sort=False)
+    return table["n_sequences"].sum().reset_index().assign(study=cfg.name)[SPLITS_COLUMNS]
 
 
 def _by_kind(kinds: np.ndarray, npos: int, per: PerElement) -> pd.DataFrame:

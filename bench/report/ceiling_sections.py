@@ -90,7 +90,8 @@ def split_sizes(s: Stored) -> str:
             for seed, r in wide.iterrows()]
     return ("\n**Test splits** (sequences per seed, summed over families): iid_seen are drawn verbatim in that "
             "seed's training budget and appear in no headline; iid_unseen come from the same distribution but were "
-            "never drawn; ood from the families' held-out regions; length from the same families at longer "
+            "never drawn (a reserved slice of each family's sequences, by a hash of their terms, that no training "
+            "or validation stream draws, and the iid rows the budget happened to miss); ood from the families' held-out regions; length from the same families at longer "
             "lengths.\n\n" + md_table(["seed", *columns], rows) + "\n")
 
 

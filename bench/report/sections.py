@@ -168,7 +168,7 @@ def section_headline(s: Stored, n: Numbers) -> str:
             "Scores of each architecture's best configuration on sequences it never trained on, mean ± half-width "
             "of the 95 % Student-t interval over seeds (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), sorted by iid_unseen accuracy: "
             "iid_unseen (the training distribution, never drawn in training), ood (the families' held-out "
-            "regions) and length (the same families at longer lengths). Accuracy / ceiling is taken per seed "
+            "regions; its ceiling is the predictor of the families' whole distribution) and length (the same families at longer lengths). Accuracy / ceiling is taken per seed "
             "against the Bayes-optimal predictor on the same sequences. Tokens to 50 % / 90 % of ceiling: the "
             "training tokens at the first validation (fixed validation set) scoring that fraction of the "
             "ceiling on the same set, mean over seeds. Baselines are non-learned predictors on the same "
