@@ -91,8 +91,9 @@ def split_sizes(s: Stored) -> str:
     return ("\n**Test splits** (sequences per seed, summed over families): iid_seen are drawn verbatim in that "
             "seed's training budget and appear in no headline; iid_unseen come from the same distribution but were "
             "never drawn (a reserved slice of each family's sequences, by a hash of their terms, that no training "
-            "or validation stream draws, and the iid rows the budget happened to miss); ood from the families' held-out regions; length from the same families at longer "
-            "lengths.\n\n" + md_table(["seed", *columns], rows) + "\n")
+            "or validation stream draws, and the iid rows the budget happened to miss); ood from the families' "
+            "held-out regions; length from the same families at longer lengths.\n\n"
+            + md_table(["seed", *columns], rows) + "\n")
 
 
 def _family_table(n: Numbers, split: str) -> str:
