@@ -99,7 +99,8 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     splits = pd.read_parquet(out / "splits.parquet")
     assert list(splits.columns) == ["study", "seed", "phase", "family", "split", "length", "n_sequences"]
     per = splits.groupby(["seed", "split", "length"]).n_sequences.sum()
-    assert (per[:, "iid_seen", 8] + per[:, "iid_unseen", 8] == 3 * 4).all() and (per[:, "ood", 8] == 12).all()
+    # iid_unseen holds the reserved rows too: 4 per family, beside the 4 iid rows each family splits
+    assert (per[:, "iid_seen", 8] + per[:, "iid_unseen", 8] == 2 * 3 * 4).all() and (per[:, "ood", 8] == 12).all()
     oeis = pd.read_parquet(out / "oeis.parquet")
     assert list(oeis.columns) == ["study", "arch", "seed", "kind", "metric", "value", "n", "windows"]
     assert (oeis.n == oeis.windows * 7).all()  # length 8: 7 scored predictions per window

@@ -686,3 +686,21 @@ def test_the_final_run_keeps_the_weights_best_on_the_fixed_validation_set(tmp_pa
     seen = {"iid_seen"} if ctx.seen(0).any() else set()  # an empty split has no rows
     assert set(scores.split) == {"iid_unseen", "ood", "length"} | seen
     assert set(scores[scores.split == "length"].length) == {16, 32}
+
+
+def test_a_worker_ends_when_its_parent_dies():
+    """The watcher exits once the parent pid it was given is no longer this process's parent (the
+    parent killed, the worker reparented), and never while it still is."""
+    import threading
+
+    from bench.experiment.pool import exit_with_parent
+
+    parents, exited = iter([100, 100, 1]), threading.Event()
+    thread = exit_with_parent(100, getppid=lambda: next(parents), exit_now=lambda code: exited.set(), poll_s=0.01)
+    assert exited.wait(5) and thread.daemon
+    parent, calls, ended = [100], [], threading.Event()
+    exit_with_parent(100, getppid=lambda: calls.append(1) or parent[0], exit_now=lambda code: ended.set(), poll_s=0.01)
+    time.sleep(0.2)
+    assert not ended.is_set() and len(calls) > 3  # polled, the parent alive: nothing happens
+    parent[0] = 1
+    assert ended.wait(5)  # and the thread ends with the parent

@@ -15,6 +15,8 @@ import os
 import platform
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -77,9 +79,31 @@ def study_logger(cfg: Config, storage: RDBStorage, worker: int | None = None) ->
     return log
 
 
-def worker_main(cfg: Config, device: str, index: int, errors: Connection) -> None:
+PARENT_POLL_S = 2.0
+
+
+def exit_with_parent(parent: int, getppid: Callable[[], int] = os.getppid,
+                     exit_now: Callable[[int], object] = os._exit, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """A daemon thread that ends this worker process within `poll_s` seconds of its parent's death
+    (the parent killed by a signal, its workers reparented): else the orphans would go on claiming
+    and training slots nobody collects. The running trial is left as after kill -9: failed by the
+    next run's heartbeat check and resumed from its checkpoint."""
+    def watch() -> None:
+        while getppid() == parent:
+            time.sleep(poll_s)
+        exit_now(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def worker_main(cfg: Config, device: str, index: int, errors: Connection, parent: int | None = None) -> None:
     """Entry point of a spawned worker process: a failure it can name goes to the parent (one
-    line), never a traceback. Training bars are off: several would overwrite each other."""
+    line), never a traceback. Training bars are off: several would overwrite each other. The
+    worker ends when `parent` (the process that spawned it) dies."""
+    if parent is not None:
+        exit_with_parent(parent)
     torch.set_num_threads(cfg.threads)
     try:
         storage = open_storage(cfg)
@@ -113,7 +137,8 @@ def run_workers(cfg: Config, device: torch.device) -> None:
         return
     ctx = mp.get_context("spawn")
     pipes = [ctx.Pipe(duplex=False) for _ in range(cfg.workers)]  # (read, write): a worker's one-line error
-    procs = [ctx.Process(target=worker_main, args=(cfg, str(device), i, pipes[i][1])) for i in range(cfg.workers)]
+    procs = [ctx.Process(target=worker_main, args=(cfg, str(device), i, pipes[i][1], os.getpid()))
+             for i in range(cfg.workers)]
     for p in procs:
         p.start()
     for p in procs:
