@@ -8,7 +8,7 @@ Which iid rows a seed's training budget drew verbatim depends on the seed, so `s
 them against `training_budget(stream(seed), steps)` (computed once per seed and kept): drawn ones
 are `iid_seen`; `iid_unseen` is the unseen rows plus the iid rows the budget never drew. Example:
 phase 2 at length 8 with 300 rows per family: seed 0's 8000 steps x 64 draw about 98 % of the
-2,700 iid rows (iid_seen); iid_unseen is the 2,700 reserved rows (300 of every family) and the ~50
+2,700 iid rows (iid_seen); iid_unseen is the 2,700 reserved rows (300 of every family) and the ~35
 iid rows never drawn.
 
 Validation: each seed's fixed validation set (`fixed_validation_set`, `data.val_fixed_size` rows,

@@ -94,7 +94,8 @@ def overlap_line(overlap: pd.DataFrame | None, known: list[str]) -> str:
     per = overlap.groupby("family")[["seen", "n"]].sum()
     per = per["seen"] / per["n"]
     per = per.reindex(sorted(per.index, key=lambda f: (-per[f], family_order(per.index, known).index(f))))
-    line = f"{pct(total)} of the test sequences also occur verbatim in a seed's training budget"
+    line = (f"{pct(total)} of the iid test sequences also occur verbatim in a seed's training budget (the "
+            f"reserved iid_unseen rows never do, by construction)")
     if (per >= 0.5).any():  # notable: some family is mostly seen in training
         shown = per[per >= 0.1]
         rest = len(per) - len(shown)
@@ -165,11 +166,13 @@ def section_headline(s: Stored, n: Numbers) -> str:
     rows = [_headline_row(arch, n, size_cols, lengths) for arch in [*n.order, *reference_order(n.by_split.arch)]]
     one = (n.summary[n.summary.arch.isin(n.order)]["n"] == 1).any()
     text = (f"{heading('headline')}\n\n<!-- headline -->\n"
-            "Scores of each architecture's best configuration on sequences it never trained on, mean ± half-width "
+            "Scores of each architecture's best configuration, mean ± half-width "
             "of the 95 % Student-t interval over seeds (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), sorted by iid_unseen accuracy: "
             "iid_unseen (the training distribution, never drawn in training), ood (the families' held-out "
-            "regions; its ceiling is the predictor of the families' whole distribution) and length (the same "
-            "families at longer lengths). Accuracy / ceiling is taken per seed "
+            "regions; its ceiling is the predictor of the families' whole distribution), both never trained on, "
+            "and length (the same families at longer lengths: the first terms of these rows are usually "
+            "sequences of the training stream, so read them beside the lookup memoriser; only the positions past "
+            "the training length are new). Accuracy / ceiling is taken per seed "
             "against the Bayes-optimal predictor on the same sequences. Tokens to 50 % / 90 % of ceiling: the "
             "training tokens at the first validation (fixed validation set) scoring that fraction of the "
             "ceiling on the same set, mean over seeds. Baselines are non-learned predictors on the same "
