@@ -233,16 +233,16 @@ class Family(ABC):
         if length < self.min_length:
             raise ValueError(f"family '{self.name}' needs sequence length >= {self.min_length}, got {length}")
 
+    @abstractmethod
     def held_out(self, seqs: torch.Tensor) -> torch.Tensor:
         """BoolTensor (n,): does each sequence of this family lie in its held-out region?
 
         Decided from the terms alone (no parameters), so any stream can be audited: training and
         validation streams never draw a row for which this is True; the `ood` test split draws only
-        such rows. Every family overrides it and documents its region and `held_out_kind`. The
-        answer depends on the first `held_out_terms` terms only, so `generate` rejects rows before
-        building the rest of their terms.
+        such rows. Every family implements it (a family without one cannot be instantiated) and
+        documents its region and `held_out_kind`. The answer depends on the first `held_out_terms`
+        terms only, so `generate` rejects rows before building the rest of their terms.
         """
-        raise NotImplementedError(f"family '{self.name}' declares no held-out region")
 
     def support(self, length: int) -> Support | None:
         """The exact distribution over this family's sequences of `length` terms (region "any"), or

@@ -95,7 +95,9 @@ def ceiling_line(variant_dirs: Mapping[str, Path]) -> str:
             continue
         c = c[c["length"] == c["length"].min()]
         parts = []
-        for region, label in (("train", "iid (training region)"), ("held_out", "ood (held-out region)")):
+        for region, label in (("train", "iid (training region)"),
+                              ("held_out", "ood, for a predictor told the sequence is held out (an upper bound: the "
+                                           "ood / ceiling columns divide by the predictor of the whole distribution)")):
             rows = c[c["region"] == region].sort_values("family")
             cells = [f"{r.family} {100 * r.accuracy:.1f} %" + ("" if r.method == "exact" else f" ({r.method})")
                      for r in rows.itertuples()]
