@@ -27,6 +27,12 @@ Score your own model (any callable LongTensor (B, L) -> logits (B, L, 256)) in f
 
 Test splits (`bench.data.SPLITS`): `evaluate_splits(model, splits)` scores a dict of labelled sets
 ({"iid_unseen": ..., "ood": ..., "length_16": ...}) and adds the `split` and `length` columns.
+
+Per-prediction scores (`per_prediction`, `prediction_rows`): the same per-element scores `evaluate`
+averages, one row per (sequence, position) in small dtypes (`correct` bool, `distance` int16, `loss`
+float32), so any analysis over sequences (bootstrap, paired tests) can be redone without the model.
+Their means are `evaluate`'s: accuracy and distance exactly, loss up to float32 rounding. Example: a
+set of 3 sequences of length 8 gives 3 x 7 = 21 rows; `sequence` is the row index unless ids are given.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate") 
 LOOKUP = "baseline_lookup"  # the memoriser, fit per seed on its training budget
 CEILING = "ceiling"  # the Bayes-optimal predictor of each split's region
 REFERENCES = (*BASELINES, LOOKUP, CEILING)  # every non-model arch of results.parquet
+PREDICTION_COLUMNS = ("phase", "family", "sequence", "position", "correct", "distance", "loss")  # prediction_rows
 ALL = "all"  # family value of rows aggregated over families; position is <NA> for rows over all positions
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # LongTensor (B, L) -> logits (B, L, 256)
 
@@ -68,8 +75,16 @@ def baseline_predictions(name: str, inputs: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown point baseline '{name}'")
 
 
+def _scored_rows(frame: pd.DataFrame, test: SequenceSet) -> pd.DataFrame:
+    """`frame` (one row per (sequence, position), row-major) without the positions its family does not
+    score (`Family.scored`: a lag's unpredictable first values, a mechanism's noise): they enter no
+    metric, so `n` counts scored predictions only."""
+    mask = test.scored()
+    return frame if mask is None else frame[mask.reshape(-1).numpy()].reset_index(drop=True)
+
+
 def _frame(test: SequenceSet, per_element: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """One row per (sequence, position) with the per-element metric values."""
+    """One row per scored (sequence, position) with the per-element metric values."""
     n, npos = test.seqs.shape[0], test.seqs.shape[1] - 1
     frame = {
         "phase": np.repeat(test.phase.numpy(), npos),
@@ -77,7 +92,7 @@ def _frame(test: SequenceSet, per_element: dict[str, torch.Tensor]) -> pd.DataFr
         "position": np.tile(np.arange(npos), n),
     }
     frame.update({k: v.reshape(-1).double().cpu().numpy() for k, v in per_element.items()})
-    return pd.DataFrame(frame)
+    return _scored_rows(pd.DataFrame(frame), test)
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -129,6 +144,36 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
         "distance_error": (pred - targets).abs().double(),
         "loss": ce.double(),
     }
+
+
+def prediction_rows(test: SequenceSet, per_element: dict[str, torch.Tensor],
+                    sequence: torch.Tensor | np.ndarray | None = None) -> pd.DataFrame:
+    """One row per scored (sequence, position) of `score_logits`' per-element scores (B, L-1) of
+    `test`: PREDICTION_COLUMNS, `sequence` = `sequence[i]` for row i of `test` (default: i). Small dtypes,
+    as a study keeps millions of these rows: phase int8, sequence int64, position and distance int16
+    (|argmax - target| <= 255), correct bool, loss float32 (cross-entropy is computed in float32)."""
+    n, npos = test.seqs.shape[0], test.seqs.shape[1] - 1
+    ids = np.arange(n) if sequence is None else np.asarray(sequence)
+    if ids.shape != (n,):
+        raise ValueError(f"need one sequence id per row of the set ({n}), got shape {ids.shape}")
+    frame = pd.DataFrame({
+        "phase": np.repeat(test.phase.numpy().astype(np.int8), npos),
+        "family": np.repeat(np.asarray(FAMILY_NAMES, dtype=object)[test.family.numpy()], npos),
+        "sequence": np.repeat(ids.astype(np.int64), npos),
+        "position": np.tile(np.arange(npos, dtype=np.int16), n),
+        "correct": per_element["accuracy"].reshape(-1).cpu().numpy() == 1,
+        "distance": per_element["distance_error"].reshape(-1).cpu().numpy().astype(np.int16),
+        "loss": per_element["loss"].reshape(-1).cpu().numpy().astype(np.float32),
+    }, columns=list(PREDICTION_COLUMNS))
+    return _scored_rows(frame, test)
+
+
+def per_prediction(model: Predictor, test: SequenceSet, batch_size: int = 1024,
+                   sequence: torch.Tensor | np.ndarray | None = None) -> pd.DataFrame:
+    """`model`'s teacher-forced predictions on `test`, one row each (`prediction_rows`), from the
+    logits `evaluate` scores: `frame.groupby("family").correct.mean()` is `evaluate`'s accuracy per family."""
+    logits = model_logits(model, test.seqs[:, :-1], batch_size)
+    return prediction_rows(test, score_logits(logits, test.seqs[:, 1:]), sequence)
 
 
 def evaluate(model: Predictor, test: SequenceSet, batch_size: int = 1024) -> pd.DataFrame:

@@ -33,17 +33,23 @@ from bench.train import RngState, TrainConfig, TrainResult, Validate, rng_state,
 __all__ = ["peer_kl", "rng_state", "setrng_state", "train_mutual"]
 
 
-def peer_kl(log_p: Tensor, peers: Sequence[Tensor]) -> Tensor:
-    """Mean over peers j of KL(p_j || p), averaged over positions; log-probabilities (..., V), peers detached.
+def peer_kl(log_p: Tensor, peers: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+    """Mean over peers j of KL(p_j || p), averaged over positions (only those `mask`, log_p's shape
+    without V, scores); log-probabilities (..., V), peers detached.
 
     A peer whose predictions are not finite (it diverged since the last validation, where divergence
     is detected) is left out of the mean without a host sync, so it cannot poison the others."""
     own = log_p.flatten(0, -2)
+    keep = None if mask is None else mask.reshape(-1, 1).to(own.dtype)
     total, count = own.new_zeros(()), own.new_zeros(())
     for q in peers:
         ok = torch.isfinite(q).all()
         q = torch.where(ok, q.flatten(0, -2), own.detach())  # a left-out peer: KL(p || p) = 0, gradient 0
-        total = total + F.kl_div(own, q, log_target=True, reduction="batchmean")
+        if keep is None:
+            total = total + F.kl_div(own, q, log_target=True, reduction="batchmean")
+        else:
+            kl = F.kl_div(own, q, log_target=True, reduction="none") * keep
+            total = total + kl.sum() / keep.sum().clamp(min=1)
         count = count + ok
     return total / count.clamp(min=1)
 
@@ -71,8 +77,8 @@ def train_mutual(models: Sequence[nn.Module], cfg: TrainConfig | Sequence[TrainC
     device = torch.device(device)
     rng = [rng_state(device)] * len(models) if rng_states is None else list(rng_states)
 
-    def kl_pull(k: int, logits: Tensor, peers: list[Tensor]) -> Tensor:
-        return weight * peer_kl(F.log_softmax(logits.float(), -1), peers)
+    def kl_pull(k: int, logits: Tensor, peers: list[Tensor], mask: Tensor | None) -> Tensor:
+        return weight * peer_kl(F.log_softmax(logits.float(), -1), peers, mask)
 
     return train_cohort(models, cfgs, stream, validates, final_epoch, device,
                         coupling=kl_pull if weight > 0 else None, rng_states=rng)

@@ -69,6 +69,10 @@ class PremadeStream:
     def batch(self, step: int) -> torch.Tensor:
         return self.batches[step % len(self.batches)]
 
+    def scored_batch(self, step: int) -> tuple[torch.Tensor, None]:
+        """The training loop's read: every position scored (the benchmark's phases score all)."""
+        return self.batch(step), None
+
 
 def make_model(arch: str, d_model: int, length: int, seed: int = 0, impl: str | None = None) -> torch.nn.Module:
     """The benchmarked model; `impl` picks Mamba's implementation (its default, auto, otherwise)."""

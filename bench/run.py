@@ -5,7 +5,8 @@ schema) -> the study engine (`bench.experiment.pool`/`worker`: per-architecture 
 the best configuration retrained on every seed, in `workers` processes sharing the study's storage)
 -> collect what the stages stored into tidy tables in `runs/<study>/` (`bench.experiment.collect`:
 `results.parquet` with a `stage` column, `history.parquet`, `runs.parquet`, `trials.parquet`,
-`overlap.parquet`, `decay.parquet`, `cka.parquet`, with a mutual stage `mutual.parquet`,
+`overlap.parquet`, `decay.parquet`, `cka.parquet`, `predictions.parquet` (every final run's
+per-prediction scores), with a mutual stage `mutual.parquet`,
 `mutual_runs.parquet` and `mutual_kl.parquet`, `config.yaml`, `meta.yaml`) -> the report in
 `<out_dir>/report/` or `report_dir=` (`bench.report`) -> a summary.
 Rerunning the same command resumes where the study stopped; rerunning a finished study with
@@ -207,8 +208,10 @@ def _run(args: list[str]) -> int:
 
 def announce(cfg: Config) -> None:
     """One line: what the study trains, where, and with what."""
-    search = (f"search {cfg.search.n_trials} trials x {cfg.search.steps or cfg.train.steps} steps per arch, "
-              if cfg.search.n_trials else "no search, ")
+    sp = cfg.search
+    replicates = f" x {sp.replicates} replicates" if sp.replicates > 1 else ""
+    search = (f"search {sp.n_trials} {sp.sampler} trials x {sp.steps or cfg.train.steps} steps per arch{replicates}, "
+              if sp.n_trials else "no search, ")
     print(f"study {cfg.name}: archs {', '.join(cfg.arch_list)}; {search}final {cfg.train.steps} steps x "
           f"{cfg.train.batch_size} sequences of length {cfg.data.length} on seeds {list(cfg.seeds)}; "
           f"device {resolve_device(cfg.device)}; {cfg.workers} worker(s); storage {cfg.storage_url}", flush=True)

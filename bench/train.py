@@ -29,7 +29,8 @@ from bench.models import optim_hints
 from bench.util import atomic_write
 
 Validate = Callable[[nn.Module, int, float], dict[str, float]]
-Coupling = Callable[[int, Tensor, list[Tensor]], Tensor]  # (k, logits_k, peer_log_probs) -> term of k's loss
+# (k, logits_k, peer_log_probs, scored mask or None) -> term of k's loss
+Coupling = Callable[[int, Tensor, list[Tensor], Tensor | None], Tensor]
 RngState = tuple[Tensor, Tensor | None]  # (CPU state, CUDA state or None)
 
 
@@ -62,8 +63,11 @@ DISTANCE_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def distance_weighted_ce(logits: Tensor, targets: Tensor, alpha: float = 0.1, weight: str = "linear",
-                         reduce: bool = True) -> Tensor:
-    """CE * (1 + alpha * w(|argmax - target|)), the design's loss, averaged over every position.
+                         reduce: bool = True, mask: Tensor | None = None) -> Tensor:
+    """CE * (1 + alpha * w(|argmax - target|)), the design's loss, averaged over every position, or
+    over the positions `mask` (bool, targets' shape) scores: a family's unscored positions (noise, a
+    lag's unpredictable first values, `Family.scored`) add nothing to the loss or its gradient
+    (with reduce=False they come back as 0).
 
     The factor multiplies each position's cross-entropy; it is a constant for the gradient (argmax is
     piecewise constant), so it re-weights examples by how far off the current guess is.
@@ -73,7 +77,10 @@ def distance_weighted_ce(logits: Tensor, targets: Tensor, alpha: float = 0.1, we
     ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none").view(targets.shape)
     dist = (logits.detach().argmax(-1) - targets).abs().to(ce.dtype)
     loss = ce * (1 + alpha * DISTANCE_WEIGHTS[weight](dist))
-    return loss.mean() if reduce else loss
+    if mask is None:
+        return loss.mean() if reduce else loss
+    loss = loss * mask
+    return loss.sum() / mask.sum().clamp(min=1) if reduce else loss
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
@@ -289,7 +296,7 @@ def train_cohort(models: Sequence[nn.Module], cfgs: Sequence[TrainConfig], strea
                  coupling: Coupling | None = None, rng_states: Sequence[RngState] | None = None,
                  ) -> list[TrainResult]:
     """Train `models` in place side by side on `stream`'s batches, model k as `train` would with
-    `cfgs[k]` and `validates[k]`, plus `coupling(k, logits_k, peer_log_probs)` added to its loss
+    `cfgs[k]` and `validates[k]`, plus `coupling(k, logits_k, peer_log_probs, mask)` added to its loss
     (peers: the detached log-probabilities of every other member still training or answering).
 
     Members share the budget, batches and validation schedule (steps, batch_size, val_every).
@@ -328,7 +335,9 @@ def _loop(members: list[_Member], stream: TrainStream, device: torch.device, cou
                dynamic_ncols=True)
     try:
         for step in range(first, cfg.steps if not all(m.done for m in members) else 0):
-            _step(members, stream.batch(step).to(device, non_blocking=True), device, coupling)
+            batch, mask = stream.scored_batch(step)
+            _step(members, batch.to(device, non_blocking=True),
+                  None if mask is None else mask.to(device, non_blocking=True), device, coupling)
             n_running += 1
             for m in members:
                 if not m.done:
@@ -348,9 +357,11 @@ def _loop(members: list[_Member], stream: TrainStream, device: torch.device, cou
             m.res.wall_s = time.perf_counter() - m.t0
 
 
-def _step(members: list[_Member], batch: Tensor, device: torch.device, coupling: Coupling | None) -> None:
-    """One optimiser step of every member still training, on the same batch. All forwards come first,
-    so that with a coupling each member's loss sees its peers' predictions of this batch."""
+def _step(members: list[_Member], batch: Tensor, mask: Tensor | None, device: torch.device,
+          coupling: Coupling | None) -> None:
+    """One optimiser step of every member still training, on the same batch (its scored positions
+    `mask`, None = all). All forwards come first, so that with a coupling each member's loss sees its
+    peers' predictions of this batch."""
     inputs, targets = batch[:, :-1], batch[:, 1:]  # every position predicts the next value
     logits: dict[int, Tensor] = {}
     for k, m in enumerate(members):
@@ -366,10 +377,10 @@ def _step(members: list[_Member], batch: Tensor, device: torch.device, coupling:
     for k, m in enumerate(members):
         if m.done:
             continue
-        loss = distance_weighted_ce(logits[k], targets, m.cfg.alpha, m.cfg.distance_weight)
+        loss = distance_weighted_ce(logits[k], targets, m.cfg.alpha, m.cfg.distance_weight, mask=mask)
         peers = [q for j, q in log_p.items() if j != k]
         if peers:
-            loss = loss + coupling(k, logits[k], peers)
+            loss = loss + coupling(k, logits[k], peers, mask)
         m.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.params, m.cfg.grad_clip)

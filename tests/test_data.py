@@ -47,9 +47,11 @@ def test_registry_lists_all_families_in_phase_order():
         "fibonacci_mod", "double_every_third", "floor_geometric", "ceil_geometric",
         "alternating_signs", "even_odd", "rule_switch",
         "lag_1", "lag_2", "lag_4", "lag_8", "lag_16", "lag_32", "lag_64",
+        "selective_copy_4", "selective_copy_8", "selective_copy_16", "mqar_4", "mqar_8", "mqar_16",
+        "noisy_recall_4", "noisy_recall_8", "noisy_recall_16", "variable_lag_8", "variable_lag_16", "variable_lag_32",
     ]  # fmt: skip
-    assert PHASES == (1, 2, 3, 4)
-    assert [len(families(p)) for p in PHASES] == [3, 9, 7, 7] and len(families()) == 26
+    assert PHASES == (1, 2, 3, 4, 5)
+    assert [len(families(p)) for p in PHASES] == [3, 9, 7, 7, 12] and len(families()) == 38
     assert [f.phase for f in FAMILIES.values()] == sorted(f.phase for f in FAMILIES.values())
     assert {f.group for f in families(2)} == {"steps", "geometric", "periodic"}
     assert {f.group for f in families(3)} == {"composition", "transformation", "conditional"}
@@ -57,8 +59,8 @@ def test_registry_lists_all_families_in_phase_order():
     assert get_family("even_odd").name == "even_odd"
     with pytest.raises(ValueError, match="unknown family 'fib' .*known: constant"):
         get_family("fib")
-    with pytest.raises(ValueError, match="unknown phase 5"):
-        families(5)
+    with pytest.raises(ValueError, match="unknown phase 6"):
+        families(6)
 
 
 # --- every family: generation and check() cross-validate each other ---------------------------------
@@ -244,7 +246,7 @@ def test_sample_per_row_epochs_and_restricted_families():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"phases": (5,)}, "unknown phase 5"),
+        ({"phases": (6,)}, "unknown phase 6"),
         ({"phases": ()}, "at least one phase"),
         ({"phases": (1, 1)}, "must not repeat"),
         ({"phases": (1,), "families": ("geometric",)}, "belongs to phase 2"),

@@ -411,3 +411,18 @@ def test_gpu_auto_picks_fused_for_cuda_float32_only():
     y_ref, state_ref = m.forward_with_state(x)
     assert close(y_fused, y_ref, 1e-4) and close(state.ssm, state_ref.ssm, 1e-4)
     assert torch.equal(state.conv, state_ref.conv)
+
+
+def test_compiled_scan_check_does_not_depend_on_grad_mode():
+    """The compiled scan's availability check runs a backward: a first call under no_grad (an
+    evaluation before any training) must reach the same verdict as one with gradients on."""
+    from bench.models.ops import selective_scan_cpu
+
+    selective_scan_cpu.unavailable.cache_clear()
+    try:
+        with_grad = selective_scan_cpu.unavailable()
+        selective_scan_cpu.unavailable.cache_clear()
+        with torch.no_grad():
+            assert selective_scan_cpu.unavailable() == with_grad
+    finally:
+        selective_scan_cpu.unavailable.cache_clear()

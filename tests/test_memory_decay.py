@@ -9,11 +9,15 @@ import math
 
 import pandas as pd
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.analysis import decay_ks, gradient_decay, memory_decay, perturbation_decay
+from bench.analysis.memory_decay import random_tokens
+from bench.data import SequenceSet
+from bench.experiment.context import PROBE_SEQUENCES, decay_tokens
 from bench.models import ModelConfig, build_model, mixer_names
 from bench.models.stable_ssm import inverse_real_part
 
@@ -186,3 +190,27 @@ def test_rejects_bad_arguments():
         perturbation_decay(model, tokens[0])
     with pytest.raises(ValueError, match="n_resamples"):
         perturbation_decay(model, tokens, n_resamples=0)
+
+
+def test_random_tokens_are_seeded_and_uniform():
+    tokens = random_tokens(256, 127)
+    assert tokens.shape == (256, 127) and tokens.dtype == torch.long
+    assert torch.equal(tokens, random_tokens(256, 127)) and not torch.equal(tokens, random_tokens(256, 127, seed=1))
+    counts = torch.bincount(tokens.flatten(), minlength=256)
+    assert counts.numel() == 256 and scipy.stats.chisquare(counts.numpy()).pvalue > 1e-3  # uniform on 0..255
+    for n, length in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="positive"):
+            random_tokens(n, length)
+
+
+def test_decay_probe_inputs_depend_on_the_test_length_only():
+    """Two test sets of the same length but different rows (a lag mixture against constants) give the same
+    probe inputs: random tokens, L-1 long, not the test rows (whose family mixture shaped the old curve)."""
+    length = 12
+    lags = SequenceSet(torch.arange(length).repeat(40, 1) % 3, torch.zeros(40, dtype=torch.long),
+                       torch.zeros(40, dtype=torch.long))
+    flat = SequenceSet(torch.full((7, length), 5), torch.ones(7, dtype=torch.long), torch.ones(7, dtype=torch.long))
+    tokens = decay_tokens(lags)
+    assert tokens.shape == (PROBE_SEQUENCES, length - 1)
+    assert torch.equal(tokens, decay_tokens(flat)) and torch.equal(tokens, random_tokens(PROBE_SEQUENCES, length - 1))
+    assert tokens.unique().numel() > 200  # not the test rows' 3 or 1 distinct values

@@ -24,6 +24,8 @@ from bench.metrics import (
     evaluate_predictions,
     evaluate_splits,
     expected_uniform_distance,
+    per_prediction,
+    prediction_rows,
     score_logits,
     split_of,
 )
@@ -161,3 +163,46 @@ def test_splits_are_scored_each_with_its_split_and_length():
     assert (table[table.metric == "accuracy"].value == 1.0).all()
     overall = table[table.phase.isna() & (table.metric == "accuracy")].set_index("split").n
     assert overall.to_dict() == {"iid_seen": 5 * 7, "iid_unseen": 13 * 7, "ood": 18 * 7, "length": 18 * 15}
+
+
+class Bigram(nn.Module):
+    """Logits from the last input value only (a random table): right on some rows, wrong on others."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(256, 256)
+
+    def forward(self, x):
+        return self.table(x)
+
+
+def test_per_prediction_rows_aggregate_to_evaluate_exactly():
+    """The per-prediction rows are `evaluate`'s per-element scores: their means per family and
+    position (and overall) are its accuracy and distance error exactly, its loss to float32 rounding."""
+    torch.manual_seed(0)
+    model, test = Bigram(), make_test_set(phases=(1, 2), per_family=12)
+    table, rows = evaluate(model, test), per_prediction(model, test, batch_size=7)
+    assert list(rows.columns) == ["phase", "family", "sequence", "position", "correct", "distance", "loss"]
+    assert [str(t) for t in rows.dtypes.iloc[[0, 2, 3, 4, 5, 6]]] == ["int8", "int64", "int16", "bool", "int16",
+                                                                       "float32"]
+    assert len(rows) == len(test) * 7 and 0 < rows.correct.mean() < 1  # neither all right nor all wrong
+    cells = table[table.phase.notna() & (table.family != ALL) & table.position.notna()]
+    for metric, column in (("accuracy", "correct"), ("distance_error", "distance")):
+        expect = cells[cells.metric == metric].set_index(["family", "position"]).value
+        got = rows.groupby(["family", "position"])[column].mean()
+        assert (got.reindex(expect.index) == expect).all(), metric  # exact, not approximate
+    assert rows.correct.mean() == top(table)["accuracy"]
+    assert rows.loss.astype("float64").mean() == pytest.approx(top(table)["loss"], rel=1e-6)
+    assert rows.groupby("family").phase.first().to_dict() == {f: 1 if f in ("constant", "arithmetic", "alternating")
+                                                                   else 2 for f in set(test.family_names())}
+
+
+def test_prediction_rows_take_the_given_sequence_ids_row_by_row():
+    test = make_test_set(phases=(1,), per_family=2)  # 6 rows of 8 values: 7 predictions each
+    per = score_logits(torch.zeros(6, 7, 256), test.seqs[:, 1:])
+    rows = prediction_rows(test, per, torch.tensor([50, 40, 30, 20, 10, 0]))
+    assert list(rows.sequence[::7]) == [50, 40, 30, 20, 10, 0] and list(rows.position[:7]) == list(range(7))
+    assert list(rows.distance[:7]) == test.seqs[0, 1:].tolist()  # argmax of zero logits is value 0
+    assert list(prediction_rows(test, per).sequence[::7]) == list(range(6))
+    with pytest.raises(ValueError, match="one sequence id per row"):
+        prediction_rows(test, per, torch.arange(5))

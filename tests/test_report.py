@@ -25,7 +25,7 @@ from bench.report.figures import ARCH_ORDER, PALETTE, arch_color
 from bench.report.findings import _oeis_models
 from bench.report.markdown import fmt_ci
 from bench.report.stats import holm, mean_ci, sign_test, t_quantile
-from bench.report.tables import lag_accuracy, paired_comparisons, verdict
+from bench.report.tables import cell_scores, lag_accuracy, paired_comparisons, verdict
 
 SECTIONS = ["## 1. What was run", "## 2. Headline", "## 3. Against the ceiling", "## 4. Paired comparisons",
             "## 5. Real sequences (OEIS)", "## 6. Figures", "## 7. Findings"]
@@ -79,14 +79,17 @@ def test_paired_test_flags_a_clear_difference_and_not_a_null_one():
     cells = pd.DataFrame([{"arch": arch, "seed": i // 4, "phase": 1, "family": f"f{i % 4}", "value": v}
                           for i, b in enumerate(base)
                           for arch, v in (("a", b + 0.05), ("b", b), ("c", b + (0.01 if i % 2 else -0.01)))])
-    pairs = paired_comparisons(cells, ["a", "b", "c"]).set_index(["a", "b"])
+    pairs = paired_comparisons(cell_scores(cells), ["a", "b", "c"]).set_index(["a", "b"])
     assert pairs.loc[("a", "b"), "significant"] and pairs.loc[("a", "b"), "wins"] == 12
     assert pairs.loc[("a", "b"), "diff"] == pytest.approx(0.05)
-    assert not pairs.loc[("b", "c"), "significant"] and pairs.loc[("b", "c"), "p_boot"] > 0.5
-    assert (pairs["cells"] == 12).all()
-    # separable: both Holm-adjusted tests; 12 of 12 cells gives sign p 2/4096, Holm x3 (b−c: 6 wins, 6 losses)
-    assert pairs.loc[("a", "b"), "p_sign_holm"] == pytest.approx(3 * 2 / 4096) and pairs.loc[("a", "b"), "separable"]
-    assert not pairs.loc[("b", "c"), "separable"]
+    assert not pairs.loc[("b", "c"), "significant"] and pairs.loc[("b", "c"), "p"] > 0.5
+    assert (pairs["sequences"] == 4).all() and (pairs["seeds"] == 3).all()  # 4 cells (strata), 3 seeds the units
+    # the sign test is a robustness column: 12 of 12 cells gives p 2/4096 (b−c: 6 wins, 6 losses)
+    assert pairs.loc[("a", "b"), "p_sign"] == pytest.approx(2 / 4096) and pairs.loc[("a", "b"), "separable"]
+    assert not pairs.loc[("b", "c"), "separable"] and pairs.loc[("a", "b"), "verdict"] == "a ahead"
+    # b − c is ±1 pp by (fixed) cell and 0 on every seed: equivalent within the 1 pp margin, not within 0
+    assert pairs.loc[("b", "c"), "verdict"] == "equivalent"
+    assert pairs.loc[("b", "c"), "p_tost"] < 0.05 and pairs.loc[("a", "b"), "p_tost"] > 0.5
 
 
 def test_verdict_names_a_best_only_when_it_is_separable_from_every_other():
@@ -236,7 +239,7 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
     with SEEN, which no headline may show."""
     out = tmp_path / "study"
     cfg = compose_config(["study=smoke", f"out_dir={out}", "archs=[lstm,mamba,transformer]",
-                          f"seeds=[{','.join(map(str, SEEDS))}]", "search.n_trials=4", "progress=false",
+                          f"seeds=[{','.join(map(str, SEEDS))}]", "search.n_trials=10", "progress=false",
                           "mutual.weight=1"])
     failed = {("mamba", 2)}
     results, history, runs, trials, decay, mutual, mutual_runs = [], [], [], [], [], [], []
@@ -270,7 +273,7 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
                     decay.append({"study": "smoke", "arch": arch, "seed": seed, "variant": variant, "k": k,
                                   "value": math.exp(-(k - 1) / (1 + j)), "n": 20})
     for arch in ARCHS:
-        for number in range(4):
+        for number in range(10):  # importances are drawn from at least 10 completed trials
             trials.append({"study": "smoke", "stage": "search", "arch": arch, "number": number, "state": "COMPLETE",
                            "value": 1.0 + number, "counted": True, "num_params": 5_000 * (number + 1),
                            "val_accuracy": 0.2 + 0.1 * number})
@@ -306,9 +309,9 @@ def make_study(tmp_path: Path, storage: bool = True) -> tuple:
              "lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
     for j, arch in enumerate(ARCHS):
         search = optuna.create_study(study_name=f"smoke/{arch}", storage=storage)
-        for number in range(4):
+        for number in range(10):
             search.add_trial(optuna.trial.create_trial(
-                params={"log2_d_model": 4 + number % 3, "lr": 1e-3 * (1 + 2 * number)}, distributions=dists,
+                params={"log2_d_model": 4 + number % 3, "lr": 1e-3 * (1 + number)}, distributions=dists,
                 value=1.0 + number * (j + 1) + 0.1 * (number % 3)))
         final = optuna.create_study(study_name=f"smoke/{arch}/final", storage=storage)
         final.add_trial(optuna.trial.create_trial(value=1.0))
@@ -413,7 +416,7 @@ def test_report_from_a_hand_made_study(tmp_path, capsys):
     findings = text[text.index(SECTIONS[6]):]
     assert "**Best:** transformer" in findings and "transformer > lstm" in findings
     assert "on ood 2 differences of 3 pairs: lstm > transformer" in findings
-    assert "k=7 (mamba)" in findings  # exp(-(k-1)/3) > 0.1 up to k=7
+    assert "mamba k=7" in findings  # exp(-(k-1)/3) > 0.1 up to k=7
     assert "transformer 2" in findings  # lag recall: 90 % of the predictable positions at lag 2
     # transformer 30.0–34.0 %, lstm 20.0–24.0 %: the intervals do not overlap, so the top one is named
     assert ("**Real sequences** (OEIS): on the taught kinds transformer scores highest, 32.0 % (interval 30.0–34.0 %), "
@@ -651,11 +654,49 @@ def test_end_to_end_from_a_real_study(tmp_path, capsys):
     assert f"wrote {readme}" in capsys.readouterr().out
     text = readme.read_text()
     assert all(s in text for s in SECTIONS)
-    for name in set(FIGURES) - {"lag_accuracy.png"}:  # phase-1 families: no lag figure
+    # phase-1 families: no lag figure; 3 search trials: no importances (they need 10), said instead
+    for name in set(FIGURES) - {"lag_accuracy.png", "importance.png"}:
         assert (readme.parent / name).is_file() and f"]({name})" in text, name
-    assert not (readme.parent / "lag_accuracy.png").exists()
+    assert not (readme.parent / "lag_accuracy.png").exists() and not (readme.parent / "importance.png").exists()
+    assert "lstm: 3 completed search trial(s), importances need at least 10" in text
     assert "| **lstm** |" in text and "| **transformer** |" in text and "*baseline: extrapolate*" in text
     assert "two independent random embedding tables already score" in text  # collection stored cka_floor
     assert "## 8. Mutual learning" in text and "| lstm |" in text[text.index("## 8."):]
     assert len(optuna.artifacts.get_all_artifact_meta(optuna.load_study(
-        study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES)
+        study_name="smoke/lstm/final", storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"))) == len(FIGURES) - 1
+
+
+def _predictions(failed: set) -> pd.DataFrame:
+    """predictions.parquet of the hand-made study, as `_split_results` scores it: in family lag_k,
+    sequence i of a final run is right at the predictable positions (p >= k-1) iff i < rate·N_SEQ."""
+    frames = []
+    for seed in SEEDS:
+        for split in ("iid_unseen", "ood"):
+            for arch in ARCHS:
+                if (arch, seed) in failed:
+                    continue
+                for i, family in enumerate(FAMILIES):
+                    rate = SPLIT_RATES.get(split, ARCHS)[arch] + (0.1 * (-1) ** (seed + i) if arch == "mamba" else 0.0)
+                    k = int(family.removeprefix("lag_"))
+                    seq, pos = np.divmod(np.arange(N_SEQ * (LENGTH - 1)), LENGTH - 1)
+                    frames.append(pd.DataFrame({
+                        "run": f"{arch}-seed{seed}", "study": "smoke", "stage": "final", "arch": arch, "seed": seed,
+                        "replicate": 0, "split": split, "length": LENGTH, "phase": 4, "family": family,
+                        "sequence": seq.astype("int64"), "position": pos.astype("int16"),
+                        "correct": (seq < round(rate * N_SEQ)) & (pos >= k - 1), "distance": np.int16(0),
+                        "loss": np.float32(0.5)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_report_reads_predictions_where_stored(tmp_path):
+    """With predictions.parquet the comparisons and intervals are the hierarchical ones on sequences."""
+    cfg, out = make_study(tmp_path)
+    _predictions({("mamba", 2)}).to_parquet(out / "predictions.parquet", compression="zstd")
+    text = build_report(out, tmp_path / "report").read_text()
+    pairs = text[text.index(SECTIONS[3]):text.index(SECTIONS[4])]
+    assert "from per-sequence scores (predictions.parquet" in pairs and "(20 test sequences, 5 seeds)" in pairs
+    # per family 10 sequences, the same 4 (sequences 5-8) make transformer − lstm on every seed: p 0.04
+    # before Holm; not a win
+    assert "Per family" in pairs and "| lag_1 | — | lstm, mamba, transformer |" in pairs
+    findings = text[text.index(SECTIONS[6]):]
+    assert "**Best:** transformer" in findings and "hierarchical test on per-sequence scores" in findings

@@ -81,8 +81,8 @@ def test_outputs_history_runs_config_and_weights(tmp_path, capsys):
     assert len(overlap) == 2 * 3 and (overlap.n == 4).all()  # 2 seeds x 3 phase-1 families
     assert len(list((out / "models").glob("*.pt"))) == 2 * len(mixer_names())
     results = pd.read_parquet(out / "results.parquet")
-    assert list(results.columns) == ["study", "stage", "arch", "seed", "split", "length", "phase", "family",
-                                     "position", "metric", "value", "n"]
+    assert list(results.columns) == ["study", "stage", "arch", "seed", "replicate", "split", "length", "phase",
+                                     "family", "position", "metric", "value", "n"]
     for arch in ("ceiling", "baseline_lookup", "baseline_uniform", *mixer_names()):  # per seed, every split
         rows = results[(results.arch == arch) & (results.split != "iid_seen")]
         assert set(zip(rows.seed, rows.split, rows.length, strict=True)) == {(s, k, n) for s in (0, 1) for k, n in

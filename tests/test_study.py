@@ -566,23 +566,27 @@ def test_one_run_record_feeds_run_json_runs_parquet_and_trial_attributes(tmp_pat
     has it); its "plan" and "outcome" fields are a trial's attributes; run.json round-trips it."""
     from bench.experiment.records import COLUMNS, RunFiles, RunRecord, runs_table
 
-    assert COLUMNS[:25] == ["study", "stage", "arch", "seed", "status", "reason", "d_model", "num_layers", "d_state",
-                            "d_conv", "expand", "lr", "num_params", "state_size", "steps", "tokens", "wall_s",
-                            "best_step", "stopped_early", "mem_estimate_gib", "mem_measured_gib", "impl", "device",
-                            "search_trial", "trial"]
-    assert COLUMNS[25:] == sorted(COLUMNS[25:])  # the optional tail, alphabetical as runs.parquet always had it
+    assert COLUMNS[:26] == ["study", "stage", "arch", "seed", "replicate", "status", "reason", "d_model",
+                            "num_layers", "d_state", "d_conv", "expand", "lr", "num_params", "state_size", "steps",
+                            "tokens", "wall_s", "best_step", "stopped_early", "mem_estimate_gib", "mem_measured_gib",
+                            "impl", "device", "search_trial", "trial"]
+    assert COLUMNS[26:] == sorted(COLUMNS[26:])  # the optional tail, alphabetical as runs.parquet always had it
     ok = RunRecord(study="s", arch="lstm", seed=0, d_model=16, steps_budget=6, steps=6, val_loss=1.5,
                    status="ok", reason="")
     failed = RunRecord(study="s", arch="s4d", seed=0, failure_reason="no search trial", status="failed")
     table = runs_table([ok, failed], "s")
-    assert list(table.columns) == COLUMNS[:25] + ["failure_reason", "steps_budget", "val_loss"]
-    assert ok.attrs("plan", "outcome") == {"arch": "lstm", "seed": 0, "d_model": 16, "steps_budget": 6,
-                                           "steps": 6, "val_loss": 1.5}  # never study, stage, status, ...
+    assert list(table.columns) == COLUMNS[:26] + ["failure_reason", "steps_budget", "val_loss"]
+    assert ok.attrs("plan", "outcome") == {"arch": "lstm", "seed": 0, "replicate": 0, "d_model": 16,
+                                           "steps_budget": 6, "steps": 6, "val_loss": 1.5}  # never study, stage, ...
     files = RunFiles(tmp_path, "lstm", 0)
     files.write(ok, [], None, None)
     assert RunRecord.load(files.run_json) == ok
     assert files.run_json == tmp_path / "final" / "lstm-seed0.run.json"
     assert RunFiles(tmp_path, "lstm", 0, "mutual").weights == tmp_path / "models" / "lstm-seed0-mutual.pt"
+    again = RunFiles(tmp_path, "lstm", 0, "mutual", replicate=2)  # a search replicate r > 0: its own files
+    assert again.weights == tmp_path / "models" / "lstm-seed0-r2-mutual.pt"
+    predictions = RunFiles(tmp_path, "lstm", 0, replicate=1).predictions
+    assert predictions == tmp_path / "final" / "lstm-seed0-r1.predictions.parquet"
     legacy = {**ok.row(), "vectorised": True, "fallback": None}  # run.json of the removed stacked stage
     assert RunRecord.from_row(legacy) == ok
 

@@ -316,7 +316,7 @@ def test_a_stopped_member_answers_its_peers_from_the_weights_it_stopped_with():
     cfg = TrainConfig(steps=20, batch_size=8, val_every=5, patience=1, min_delta=0.0)
     seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
 
-    def coupling(k, logits, peers):
+    def coupling(k, logits, peers, mask):
         assert len(peers) == 1
         seen[k].append(peers[0].clone())
         return 0.0 * logits.sum()

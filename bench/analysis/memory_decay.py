@@ -23,8 +23,22 @@ Two variants, which answer different questions:
 Both are deterministic given their arguments (seeded torch.Generators on the CPU, so CPU and CUDA draw
 the same probes), run the model in eval mode and restore its modes and `requires_grad` flags.
 
+Inputs: the studies probe on `random_tokens` (uniform 0..255, seeded, a fixed count; the experiment's
+`decay_tokens`), not on test sequences. A curve over a study's test set averages its families, so it
+changes with the family mix and with what each family makes a model read, and it cannot be compared
+between studies. A single-lag input would measure whether the model reads that one lag, which the
+lag-recall accuracy already measures, and the phase studies have no lag to choose. Uniform random
+tokens carry no structure to key on: every study, architecture and k sees the same input distribution,
+the mixer's own memory under generic inputs, as the StableSSM memory function is meant. A model that
+reads fixed offsets still gives a spiky curve on them, and that is the model, not the probe: a
+transformer trained 250 steps on the `memory` study's lag mix read k = 1 and k = 64 (TV 0.10 and 0.94)
+and almost nothing between (about 0.001) on random tokens as on the lag mix, since at the last position
+of a length-128 lag sequence x_{T-64} is the target for every lag (each divides 64); an s4d trained alike
+peaked at k = 8, 16, 32, 64 on both inputs (random tokens 5-30 % higher at every k).
+
     from bench.analysis import memory_decay
-    table = memory_decay(model, tokens)   # tidy DataFrame: variant, k, value, n
+    from bench.analysis.memory_decay import random_tokens
+    table = memory_decay(model, random_tokens(256, 127))   # tidy DataFrame: variant, k, value, n
 """
 
 from __future__ import annotations
@@ -38,6 +52,17 @@ from torch import Tensor, nn
 
 VOCAB = 256  # logits width and token range; bench.data.base.VOCAB, repeated so this module reads alone
 DENSE_UP_TO = 16  # decay_ks probes every k while T <= this
+PROBE_SEED = 0  # random_tokens' default seed: every study and architecture probes the same inputs
+
+
+def random_tokens(n: int, length: int, seed: int = PROBE_SEED) -> Tensor:
+    """`n` input sequences of `length` tokens, independent and uniform on 0..255, from a seeded CPU
+    generator (the same tokens on every machine and device): the decay probe's inputs (see the module
+    docstring for why not test sequences). Example: random_tokens(2, 4) is a (2, 4) int64 tensor, the
+    same on every call; random_tokens(2, 4, seed=1) differs."""
+    if n < 1 or length < 1:
+        raise ValueError(f"n and length must be positive, got n={n}, length={length}")
+    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
 def decay_ks(length: int) -> list[int]:

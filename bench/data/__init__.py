@@ -1,8 +1,11 @@
 """Integer-sequence families and the curriculum that mixes them.
 
-Families are grouped into the design's three phases (simple, nested, combined recurrences) and a
-fourth outside that curriculum (memory probes: x_t = x_{t-k}, `lag_1 .. lag_64`); every term is a
-class in 0..255. `FAMILY_NAMES` fixes each family's integer label. Each family declares a held-out
+Families are grouped into the design's three phases (simple, nested, combined recurrences) and two
+outside that curriculum (4: memory probes, x_t = x_{t-k}, `lag_1 .. lag_64`; 5: mechanism tasks,
+selective copying, associative recall, cued lags); every term is a class in 0..255. Only the
+predictions a family's rule determines count (`Family.scored`; per row of a set:
+`scored_positions(seqs, family)`): every one in phases 1-3, not lag_k's first k, only the answers in
+phase 5. `FAMILY_NAMES` fixes each family's integer label. Each family declares a held-out
 region (`Family.held_out`) that no training or validation stream draws; the `ood` test split does.
 
     from bench.data import Curriculum, TrainStream, make_split_test_sets, training_budget, seen_in
@@ -34,7 +37,7 @@ from bench.data.curriculum import (
 )
 from bench.data.lookup import LookupTable
 from bench.data.oeis import KINDS, TAUGHT, OeisSet, oeis_windows
-from bench.data.registry import FAMILIES, FAMILY_NAMES, PHASES, families, get_family
+from bench.data.registry import FAMILIES, FAMILY_NAMES, PHASES, families, get_family, scored_positions
 
 __all__ = [
     "EVAL_SEED",
@@ -65,6 +68,7 @@ __all__ = [
     "make_test_set",
     "oeis_windows",
     "seen_in",
+    "scored_positions",
     "seen_in_training",
     "training_budget",
     "validation_set",

@@ -202,10 +202,12 @@ class Family(ABC):
     """A parameterised integer-sequence rule: sample parameters, build terms, verify terms.
 
     Subclasses set `name` (the public label), `phase` (1..3: the design's curriculum phases; 4: the
-    memory probes), `group` (the design's sub-heading) and `held_out_kind`, implement the three
-    abstract methods and `held_out`, and, where the parameters are discrete, `param_support`;
-    parameters are dicts of tensors with leading dimension n, one row per sequence. A family that
-    needs longer sequences than MIN_LENGTH sets a larger `min_length`, which `validate_length` enforces.
+    memory probes; 5: the mechanism tasks of `bench.data.mechanisms`), `group` (the design's
+    sub-heading) and `held_out_kind`, implement the three abstract methods and `held_out`, and, where
+    the parameters are discrete, `param_support`; parameters are dicts of tensors with leading
+    dimension n, one row per sequence. A family that needs longer sequences than MIN_LENGTH sets a
+    larger `min_length`, which `validate_length` enforces. A family whose rule leaves some next terms
+    undetermined overrides `scored` (the predictions that count).
     """
 
     name: ClassVar[str]
@@ -243,6 +245,16 @@ class Family(ABC):
         documents its region and `held_out_kind`. The answer depends on the first `held_out_terms`
         terms only, so `generate` rejects rows before building the rest of their terms.
         """
+
+    def scored(self, seqs: torch.Tensor) -> torch.Tensor:
+        """BoolTensor (n, L-1): which predictions of rows `seqs` (n, L) count, position p being the
+        prediction of x[p+1] from x[0..p] (as in `bench.metrics`). Training loss, metrics and ceilings
+        read only these; the others (terms no rule determines, e.g. lag_k's first k values or a recall
+        task's keys and noise) contribute nothing. Decided from the terms alone and vectorised; every
+        position by default. Example: a family that overrides nothing scores all 7 predictions of a
+        length-8 row; `lag_4` scores positions 3..6 (`bench.data.memory.Lag`)."""
+        n, length = seqs.shape
+        return torch.ones(n, max(length - 1, 0), dtype=torch.bool)
 
     def support(self, length: int) -> Support | None:
         """The exact distribution over this family's sequences of `length` terms (region "any"), or

@@ -23,6 +23,15 @@ Where P_f comes from, per family (`Bayes.methods`):
   the log prefix_mass of inputs[b, :p+1] and the next term's conditional distribution given it
   (their product is the prefix_mass of each one-term extension). A family with it is exact without
   a support (`bench.data.memory.Lag`: 256^k parameter settings, closed-form masses);
+* the optional *answer protocol*, for families whose scored next terms are determined by the prefix
+  (`bench.data.mechanisms`, phase 5): `answers(inputs (B, T)) -> LongTensor (B, T)`, the next term
+  each prefix determines, -1 where it determines none. Their ceiling on scored positions is 100 % by
+  construction, so there is nothing to enumerate: the predictor puts all mass on the answer where
+  some family claims one (no two claim the same prefix: each answers only on prefixes of its own
+  alphabet, and same-rule families agree) and is uniform elsewhere, i.e. at the unscored positions
+  (noise, keys, fresh values), which no model is scored on and which it does not model. Such
+  families can only share a predictor with families like them (else ValueError; `family_known=True`
+  mixes anything);
 * neither (a continuous parameter, e.g. floor_geometric): `monte_carlo`, a plug-in support of
   `mc_draws` draws from generator("ceiling", seed, family, length, region), each of mass 1/mc_draws.
   The predictor is then mixed with the uniform at weight 1/mc_draws, so a continuation the draws
@@ -36,6 +45,10 @@ Other families are scored on `score_draws` independent draws (the same stream, a
 draws): a plug-in family by its targets (binomial se), a prefix-mass family
 Rao-Blackwellised, by the exact conditional of each drawn prefix (accuracy P_f(argmax | prefix),
 loss -Σ_v P_f(v | prefix) log P(v | prefix): only the prefixes are sampled); both "monte_carlo".
+An answer family is scored on the same number of draws as a prefix-mass family, on its scored
+positions only (`Family.scored`): a position no draw scores has NaN accuracy and loss, the family's
+mean (position <NA>) is over its scored predictions, and "all" averages, per position, the families
+that score it. Its method is "exact" (the draws only say where the answers are; each is certain).
 
     table = ceiling((2,), 8)          # phase 2 at length 8: exact, a few seconds
     table.query("family == 'all' and position.isna()")   # the mixture's accuracy and loss floor
@@ -88,12 +101,18 @@ def draws(family: Family, length: int, region: str, n: int, seed: int, skip: int
     return family.generate(n, length, gen, region=region)[0]
 
 
+def has_answers(family: Family) -> bool:
+    return callable(getattr(family, "answers", None))
+
+
 def has_prefix_mass(family: Family) -> bool:
     return callable(getattr(family, "prefix_mass", None)) and callable(getattr(family, "next_distribution", None))
 
 
 def source(family: Family, length: int, region: str, mc_draws: int, seed: int) -> tuple[str, Support | None]:
-    """(method, support): the exact region support, None for a prefix-mass family, or the plug-in."""
+    """(method, support): the exact region support, None for a prefix-mass or answer family, or the plug-in."""
+    if has_answers(family):
+        return EXACT, None
     support = region_support(family, length, region)
     if support is not None or has_prefix_mass(family):
         return EXACT, support
@@ -107,13 +126,18 @@ class Mixture:
 
     def __init__(self, members: Sequence[tuple[Family, float, Support | None]], length: int, region: str,
                  smooth: float) -> None:
+        self.answering = [f for f, _, _ in members if has_answers(f)]
+        if self.answering and len(self.answering) < len(members):
+            others = [f.name for f, _, _ in members if not has_answers(f)]
+            raise ValueError(f"families with determined answers ({', '.join(f.name for f in self.answering)}) "
+                             f"cannot share a Bayes predictor with {', '.join(others)}: use family_known=True")
         tabled = [(w, s) for _, w, s in members if s is not None]
         self.tree = None
         if tabled:
             seqs = torch.cat([s.seqs for _, s in tabled])
             weight = torch.cat([w * s.prob for w, s in tabled])
             self.tree = PrefixTree(seqs, weight.numpy())
-        self.analytic = [(f, math.log(w)) for f, w, s in members if s is None]
+        self.analytic = [(f, math.log(w)) for f, w, s in members if s is None and not has_answers(f)]
         self.length, self.region, self.smooth = length, region, smooth
 
     @functools.cached_property
@@ -144,9 +168,20 @@ class Mixture:
         rows = max(1, CHUNK // (VOCAB * inputs.shape[1]))
         return torch.cat([self.probs(chunk).log() for chunk in inputs.split(rows)])
 
+    def answer(self, inputs: torch.Tensor) -> torch.Tensor:
+        """LongTensor (B, T): the answer some family claims for each prefix (-1: none), answer families only."""
+        out = torch.full(inputs.shape, -1, dtype=torch.long)
+        for family in self.answering:
+            out = torch.where(out >= 0, out, family.answers(inputs))
+        return out
+
     def probs(self, inputs: torch.Tensor) -> torch.Tensor:
         """P(x[p+1] = v | x[0..p]), float64 (B, T, 256), in one block."""
         n, t_len = inputs.shape
+        if self.answering:  # all mass on a claimed answer, uniform where none is claimed
+            answer = self.answer(inputs)
+            hot = torch.zeros(n, t_len, VOCAB, dtype=torch.float64).scatter_(2, answer.clamp(min=0).unsqueeze(2), 1.0)
+            return torch.where((answer >= 0).unsqueeze(2), hot, 1 / VOCAB)
         mass = torch.zeros(n, t_len, VOCAB, dtype=torch.float64)
         if self.tree is not None:
             ids = self.tree.find(inputs)
@@ -272,10 +307,26 @@ def element_scores(predictor: Mixture, seqs: torch.Tensor, own: Mixture | None =
     return torch.cat(acc), torch.cat(loss)
 
 
+def answer_ceiling(bayes: Bayes, family: Family, predictor: Mixture) -> dict[str, object]:
+    """`family_ceiling` of an answer family: its scored positions of `score_draws` draws (NaN where none
+    is scored); a hit costs 0 nats, an unclaimed prefix ln 256 (uniform), a wrong claim infinity."""
+    seqs = draws(family, bayes.length, bayes.region, score_draws(bayes.mc_draws, True), bayes.seed)
+    pred, target, mask = predictor.answer(seqs[:, :-1]), seqs[:, 1:], family.scored(seqs)
+    hit = pred == target
+    loss = torch.where(hit, 0.0, torch.where(pred < 0, math.log(VOCAB), math.inf)).double()
+    cols = []
+    for value in (hit.double(), loss):
+        per_position = torch.where(mask, value, 0.0).sum(0) / mask.sum(0)  # 0 / 0: NaN, never scored
+        cols.append(torch.cat([per_position, value[mask].mean().reshape(1)]).numpy())
+    return {"accuracy": cols[0], "loss": cols[1], "se": np.zeros(bayes.length), "method": EXACT}
+
+
 def family_ceiling(bayes: Bayes, family: Family) -> dict[str, object]:
     """accuracy, loss, se: float64 arrays (L,) = the L-1 positions then their mean; and the method."""
     length, region, mc_draws, seed = bayes.length, bayes.region, bayes.mc_draws, bayes.seed
     predictor = bayes.own(family) if bayes.family_known else bayes.mixture
+    if has_answers(family):
+        return answer_ceiling(bayes, family, predictor)
     used = [bayes.methods[family.name]] if bayes.family_known else list(bayes.methods.values())
     support = region_support(family, length, region)
     if support is not None:
@@ -310,18 +361,23 @@ def ceiling(phases: Sequence[int], length: int, families: Sequence[Family | str]
 
     Columns family, position (p predicts x[p+1]; <NA> = the mean over positions), accuracy, loss,
     method ("exact" | "monte_carlo"), se (standard error of accuracy; 0 where enumerated). Rows with
-    family "all" are the mixture: families averaged with the predictor's weights, se combined as
-    independent. `families` None = every family of `phases`. See the module docstring.
+    family "all" are the mixture: families averaged with the predictor's weights (per position, over
+    the families that score it: NaN marks an unscored position), se combined as independent.
+    `families` None = every family of `phases`. See the module docstring.
     """
     bayes = Bayes(select(phases, families), length, region=region, weights=weights, family_known=family_known,
                   mc_draws=mc_draws, seed=seed)
     scores = {f.name: family_ceiling(bayes, f) for f in bayes.families}
-    w = np.asarray(bayes.weights)[:, None]
     stacked = {k: np.stack([s[k] for s in scores.values()]) for k in ("accuracy", "loss", "se")}
+    scored = ~np.isnan(stacked["accuracy"])
+    w = np.where(scored, np.asarray(bayes.weights)[:, None], 0.0)
+    total = w.sum(0)  # per position over the families that score it (0: none does, the row is NaN)
     methods = {s["method"] for s in scores.values()}
-    scores["all"] = {"accuracy": (w * stacked["accuracy"]).sum(0), "loss": (w * stacked["loss"]).sum(0),
-                     "se": np.sqrt((w**2 * stacked["se"] ** 2).sum(0)),
-                     "method": EXACT if methods == {EXACT} else MONTE_CARLO}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores["all"] = {"accuracy": (w * np.nan_to_num(stacked["accuracy"])).sum(0) / total,
+                         "loss": (w * np.where(scored, stacked["loss"], 0.0)).sum(0) / total,
+                         "se": np.sqrt((w**2 * stacked["se"] ** 2).sum(0)) / total,
+                         "method": EXACT if methods == {EXACT} else MONTE_CARLO}
     position = pd.array([*range(length - 1), pd.NA], dtype="Int64")
     table = pd.concat([pd.DataFrame({"family": name, "position": position, "accuracy": s["accuracy"],
                                      "loss": s["loss"], "method": s["method"], "se": s["se"]})

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.data.base import VOCAB, DrawRegion, Family, check_length
-from bench.data.registry import FAMILY_INDEX, FAMILY_NAMES, PHASES, get_family
+from bench.data.registry import FAMILY_INDEX, FAMILY_NAMES, PHASES, get_family, scored_positions
 from bench.data.registry import families as registry_families
 from bench.seeding import generator
 
@@ -48,6 +48,13 @@ class SequenceSet:
 
     def family_names(self) -> list[str]:
         return [FAMILY_NAMES[i] for i in self.family.tolist()]
+
+    def scored(self) -> torch.Tensor | None:
+        """BoolTensor (n, L-1) of the prediction positions each row's family scores
+        (`Family.scored`), or None where every position is scored (the curriculum's families), so
+        the training loss and every metric skip the mask at no cost there."""
+        mask = scored_positions(self.seqs, self.family)
+        return None if bool(mask.all()) else mask
 
     @staticmethod
     def cat(sets: Sequence[SequenceSet]) -> SequenceSet:
@@ -206,6 +213,12 @@ class TrainStream:
     def batch(self, step: int) -> torch.Tensor:
         """LongTensor (batch_size, length) for `step`."""
         return self.labelled_batch(step).seqs
+
+    def scored_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch of `step` and the positions its loss scores (`SequenceSet.scored`; None = all):
+        what the training loop reads."""
+        rows = self.labelled_batch(step)
+        return rows.seqs, rows.scored()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Batches from step 0 on, without end."""

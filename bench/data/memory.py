@@ -64,6 +64,11 @@ class Lag(Family):
         start = (seqs[:, :k] == params["prefix"]).all(dim=1)
         return start & (seqs[:, k:] == seqs[:, :-k]).all(dim=1)
 
+    def scored(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Positions p >= k - 1 (targets x_t, t >= k): the learnable ones, see the class docstring."""
+        n, length = seqs.shape
+        return (torch.arange(max(length - 1, 0)) >= self.k - 1).repeat(n, 1)
+
     def held_out(self, seqs: torch.Tensor) -> torch.Tensor:
         low, high = HELD_OUT_BAND
         return (seqs[:, 0] >= low) & (seqs[:, 0] <= high)

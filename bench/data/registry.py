@@ -1,15 +1,18 @@
 """All sequence families, in phase order. A family's position in `FAMILY_NAMES` is its integer label.
 
 Phases 1..3 are the design's curriculum; phase 4 holds the memory probes `lag_1 .. lag_64` (the
-`memory` study), registered last so the labels of the curriculum's families never change.
+`memory` study) and phase 5 the mechanism tasks of the literature (`selective_copy_N`, `mqar_N`,
+`noisy_recall_N`, `variable_lag_K`), each registered after the others so no earlier label changes.
 """
 
 from __future__ import annotations
 
-from bench.data import memory, phase1, phase2, phase3
+import torch
+
+from bench.data import mechanisms, memory, phase1, phase2, phase3
 from bench.data.base import Family
 
-PHASES = (1, 2, 3, 4)
+PHASES = (1, 2, 3, 4, 5)
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -34,6 +37,7 @@ FAMILIES: dict[str, Family] = {
         phase3.EvenOdd(),
         phase3.RuleSwitch(),
         *(memory.Lag(k) for k in memory.LAGS),
+        *mechanisms.all_families(),
     )
 }
 FAMILY_NAMES: list[str] = list(FAMILIES)
@@ -52,3 +56,15 @@ def get_family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown family '{name}' (known: {', '.join(FAMILY_NAMES)})") from None
+
+
+def scored_positions(seqs: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+    """BoolTensor (n, L-1): `Family.scored` of each row of `seqs` (n, L) under its family, `family`
+    (n,) holding FAMILY_INDEX labels (a `SequenceSet`'s). One call per family present.
+    Example: a lag_4 row of length 8 and a constant row give [[F, F, F, T, T, T, T], [T] * 7]."""
+    n, length = seqs.shape
+    mask = torch.ones(n, max(length - 1, 0), dtype=torch.bool)
+    for label in family.unique().tolist():
+        rows = family == label
+        mask[rows] = FAMILIES[FAMILY_NAMES[label]].scored(seqs[rows])
+    return mask

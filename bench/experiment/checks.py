@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,9 @@ def check_test_lengths(length: int, lengths: list[int]) -> None:
             raise ConfigError(f"data.test_lengths must each exceed data.length ({length}), got {n}")
 
 
-def check_search(s: Any) -> None:
-    """The search settings (`SearchConfig` `s`): trial counts, pruner, and ranges of powers of two."""
+def check_search(s: Any, iso: str = "none") -> None:
+    """The search settings (`SearchConfig` `s`): trial counts, pruner, sampler, replicates, the ranges
+    of powers of two (`space`) and the grid's values (`grid`, checked by `check_grid`)."""
     sp = s.space
     if s.n_trials < 0:
         raise ConfigError(f"search.n_trials must be non-negative, got {s.n_trials}")
@@ -180,6 +182,13 @@ def check_search(s: Any) -> None:
         raise ConfigError(f"search.steps must be positive, got {s.steps}")
     if s.pruner not in ("median", "none"):
         raise ConfigError(f"search.pruner must be median or none, got '{s.pruner}'")
+    if s.sampler not in ("tpe", "grid"):
+        raise ConfigError(f"search.sampler must be tpe or grid, got '{s.sampler}'")
+    if s.replicates < 1:
+        raise ConfigError(f"search.replicates must be at least 1, got {s.replicates}")
+    if s.replicates > 1 and s.n_trials == 0:
+        raise ConfigError(f"search.replicates={s.replicates} repeats the search, but search.n_trials is 0: every "
+                          f"replicate would retrain the same configuration")
     if min(s.startup_trials, s.warmup_validations) < 0:
         raise ConfigError("search.startup_trials and search.warmup_validations must be non-negative")
     for key in ("d_model", "d_state", "d_conv", "num_layers", "lr"):
@@ -192,3 +201,49 @@ def check_search(s: Any) -> None:
         raise ConfigError(f"search.space.d_state min ({sp.d_state[0]}) exceeds d_model min ({sp.d_model[0]})")
     if not sp.expand or any(e not in (1, 2, 4) for e in sp.expand) or len(set(sp.expand)) != len(sp.expand):
         raise ConfigError(f"search.space.expand must list distinct values from {{1, 2, 4}}, got {list(sp.expand)}")
+    core = check_grid(s.grid, iso)
+    if s.sampler == "grid" and s.n_trials > core:
+        raise ConfigError(f"search.n_trials ({s.n_trials}) exceeds the core grid's {core} points "
+                          f"(lr x {'' if iso == 'none' else '(iso-sized) '}d_model x num_layers); use 0..{core}")
+
+
+def check_grid(g: Any, iso: str = "none") -> int:
+    """The grid's lists (`GridConfig` `g`): each non-empty and without repeats, sizes powers of two,
+    lr positive (finite: `check_numbers`), and a d_state that fits the smallest d_model. Returns the
+    core grid's size (lr x d_model x num_layers; lr x num_layers under iso sizing)."""
+    for key in ("lr", "d_model", "num_layers", "d_state", "d_conv", "expand"):
+        values = list(getattr(g, key))
+        if not values or len(set(values)) != len(values):
+            raise ConfigError(f"search.grid.{key} must list distinct values, got {values}")
+        if any(v <= 0 for v in values):
+            raise ConfigError(f"search.grid.{key} values must be positive, got {values}")
+        if key in ("d_model", "d_state", "d_conv", "expand") and not all(is_pow2(v) for v in values):
+            raise ConfigError(f"search.grid.{key} values must be powers of two, got {values}")
+    if iso == "none" and min(g.d_state) > min(g.d_model):
+        raise ConfigError(f"search.grid.d_state's smallest ({min(g.d_state)}) exceeds d_model's smallest "
+                          f"({min(g.d_model)}): no d_state fits that d_model")
+    return len(g.lr) * len(g.num_layers) * (len(g.d_model) if iso == "none" else 1)
+
+
+VARIANT_FIXED_KEYS = ("study", "name", "out_dir", "storage", "report_dir", "variants")  # set per variant by bench.run
+
+
+def check_variants(variants: dict[str, list[str]]) -> None:
+    """Each variant is a directory-safe name (not `report`: the ablation report's folder) with distinct
+    `key=value` overrides of keys a variant may set, e.g. {"numeric_a0": ["model.embedding=numeric",
+    "train.alpha=0"]}; whether each key and value exists is checked by composing it (bench.run)."""
+    seen: dict[frozenset[str], str] = {}
+    for name, overrides in variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "report":
+            raise ConfigError(f"variants: name '{name}' must be letters, digits, '_', '.', '-' (and not 'report')")
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        for o, key in zip(overrides, keys, strict=True):
+            if "=" not in o or not key:
+                raise ConfigError(f"variants.{name}: '{o}' is not a key=value override")
+            if key.lstrip("+~") in VARIANT_FIXED_KEYS:
+                raise ConfigError(f"variants.{name}: '{key}' is set per variant and cannot be overridden there")
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"variants.{name} sets a key twice: {list(overrides)}")
+        same = seen.setdefault(frozenset(overrides), name)
+        if same != name:
+            raise ConfigError(f"variants {same} and {name} have the same overrides")

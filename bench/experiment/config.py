@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from bench.experiment.checks import (
     check_search,
     check_storage_url,
     check_test_lengths,
+    check_variants,
     check_wandb_mode,
     check_writable_dir,
     is_pow2,
@@ -91,11 +91,31 @@ class SpaceConfig:
 
 
 @dataclass
+class GridConfig:
+    """The grid of `search.sampler=grid` (bench.experiment.sampler): each list holds the values tried.
+    lr x d_model x num_layers is the core grid every architecture trains in full; d_state, d_conv
+    and expand are spread evenly over its points for the mixers that take them. Sizes are powers of
+    two; a core point whose d_model is below its d_state takes the largest d_state that fits."""
+
+    lr: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    d_model: list[int] = field(default_factory=lambda: [32, 64, 128])
+    num_layers: list[int] = field(default_factory=lambda: [1, 2])
+    d_state: list[int] = field(default_factory=lambda: [8, 16, 32])
+    d_conv: list[int] = field(default_factory=lambda: [2, 4])
+    expand: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
 class SearchConfig:
     n_trials: int = 0  # per architecture; 0 = no search: the final stage trains `model` as configured
     steps: int | None = None  # per-trial step budget (same for every architecture); null = train.steps
-    seed: int = 0  # every trial's training seed and data stream; also seeds the TPE sampler
+    seed: int = 0  # every trial's training seed and data stream; also seeds the samplers
+    sampler: str = "tpe"  # tpe (over `space`) | grid (over `grid`; n_trials at most the core grid's size)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    # R repeats of the whole search + final pipeline; replicate r differs only in its sampler seed and
+    # its search trials' initialisation (same data, same final seeds): the search's own randomness
+    replicates: int = 1
     pruner: str = "median"  # median | none: prune on validation loss at each validation
     startup_trials: int = 2  # trials before TPE and the pruner act (random sampling until then)
     warmup_validations: int = 2  # validations a trial always gets before it can be pruned
@@ -137,6 +157,7 @@ class Config:
     wandb_project: str = "archbench"
     report: bool = True  # write the report when the study ends (python -m bench.report does it on demand)
     report_dir: str | None = None  # null = <out_dir>/report; the committed reports/<name>/ only when named here
+    equivalence_margin: float = 0.01  # accuracy fraction: the report's TOST margin for "equivalent" pairs
     long_study: str | None = None  # the study with the budget that aims for 90 % of the ceiling (the report names it)
     mutual: MutualConfig = field(default_factory=MutualConfig)
     # ablation: {variant: ["key=value", ...]}; each runs as its own study `<name>-<variant>` in
@@ -287,10 +308,10 @@ def validate(cfg: DictConfig | Config) -> Config:
     _validate_model(cfg)
     _validate_train(cfg)
     _validate_data(cfg)
-    check_search(cfg.search)
+    check_search(cfg.search, cfg.iso)
     _validate_memory(cfg)
     _validate_engine(cfg)
-    _validate_variants(cfg)
+    check_variants(cfg.variants)
     if cfg.long_study is not None and cfg.long_study not in study_names():
         raise ConfigError(f"long_study: no study file studies/{cfg.long_study}.yaml")
     check_out_dir(cfg.output_dir)
@@ -299,37 +320,16 @@ def validate(cfg: DictConfig | Config) -> Config:
     return cfg
 
 
-VARIANT_FIXED_KEYS = ("study", "name", "out_dir", "storage", "report_dir", "variants")  # set per variant by bench.run
-
-
-def _validate_variants(cfg: Config) -> None:
-    """Each variant is a directory-safe name (not `report`: the ablation report's folder) with distinct
-    `key=value` overrides of keys a variant may set, e.g. {"numeric_a0": ["model.embedding=numeric",
-    "train.alpha=0"]}; whether each key and value exists is checked by composing it (bench.run)."""
-    seen: dict[frozenset[str], str] = {}
-    for name, overrides in cfg.variants.items():
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "report":
-            raise ConfigError(f"variants: name '{name}' must be letters, digits, '_', '.', '-' (and not 'report')")
-        keys = [o.split("=", 1)[0].strip() for o in overrides]
-        for o, key in zip(overrides, keys, strict=True):
-            if "=" not in o or not key:
-                raise ConfigError(f"variants.{name}: '{o}' is not a key=value override")
-            if key.lstrip("+~") in VARIANT_FIXED_KEYS:
-                raise ConfigError(f"variants.{name}: '{key}' is set per variant and cannot be overridden there")
-        if len(set(keys)) != len(keys):
-            raise ConfigError(f"variants.{name} sets a key twice: {list(overrides)}")
-        same = seen.setdefault(frozenset(overrides), name)
-        if same != name:
-            raise ConfigError(f"variants {same} and {name} have the same overrides")
-
-
 def _validate_memory(cfg: Config) -> None:
     """Build each architecture on the meta device (heads not dividing d_model, unknown knobs: the
     model's own refusals) and check its memory estimate, at `model`'s sizes and, with a search, at
     the space's largest (a draw the model itself refuses there is the search's to skip)."""
-    sp, t = cfg.search.space, cfg.train
+    sp, g, t = cfg.search.space, cfg.search.grid, cfg.train
     largest = dict(d_model=sp.d_model[1], num_layers=sp.num_layers[1], d_state=min(sp.d_state[1], sp.d_model[1]),
                    d_conv=sp.d_conv[1], expand=max(sp.expand))
+    if cfg.search.sampler == "grid":
+        largest = dict(d_model=max(g.d_model), num_layers=max(g.num_layers), d_conv=max(g.d_conv),
+                       d_state=max([d for d in g.d_state if d <= max(g.d_model)]), expand=max(g.expand))
     for arch in cfg.arch_list:
         try:
             check_memory(cfg.model_config(arch), "model.d_model/num_layers/d_state", t.batch_size, cfg.data.length,
@@ -340,8 +340,9 @@ def _validate_memory(cfg: Config) -> None:
             raise ConfigError(f"model ({arch}): {e}") from None
         if cfg.search.n_trials:
             try:
-                check_memory(replace(cfg.model_config(arch), **largest), "search.space's largest sizes", t.batch_size,
-                             cfg.data.length, cfg.memory_budget, cfg.device)
+                keys = "search.space's largest sizes" if cfg.search.sampler == "tpe" else "search.grid's largest sizes"
+                check_memory(replace(cfg.model_config(arch), **largest), keys, t.batch_size, cfg.data.length,
+                             cfg.memory_budget, cfg.device)
             except ConfigError:
                 raise
             except (TypeError, ValueError):
@@ -407,6 +408,9 @@ def _validate_engine(cfg: Config) -> None:
     if cfg.iso_target is not None:
         _positive(**{"iso_target": cfg.iso_target})
     _positive(**{"workers": cfg.workers, "heartbeat": cfg.heartbeat, "memory_budget": cfg.memory_budget})
+    if not 0 < cfg.equivalence_margin < 0.5:
+        raise ConfigError(f"equivalence_margin must be in (0, 0.5) (an accuracy fraction), "
+                          f"got {cfg.equivalence_margin}")
     if cfg.tracking not in ("wandb", "none"):
         raise ConfigError(f"tracking must be wandb or none, got '{cfg.tracking}'")
     w = cfg.mutual.weight

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.analysis.memory_decay import random_tokens
 from bench.data import (
     Curriculum,
     SequenceSet,
@@ -51,26 +52,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def probe_tokens(test: SequenceSet) -> torch.Tensor:
-    """The inputs (N, L-1) of the PROBE_SEQUENCES test sequences every probe of the final models uses:
-    spread evenly over the test set, hence over every family."""
+    """The inputs (N, L-1) of the PROBE_SEQUENCES test sequences the CKA and agreement probes of the
+    final models use: spread evenly over the test set, hence over every family."""
     index = torch.linspace(0, len(test) - 1, min(PROBE_SEQUENCES, len(test))).round().long().unique()
     return test.seqs[index, :-1]
 
 
+def decay_tokens(test: SequenceSet) -> torch.Tensor:
+    """The memory-decay probe's inputs: PROBE_SEQUENCES uniform random sequences (seeded, the same for
+    every study, architecture and seed) as long as the test rows' inputs (L-1), not test sequences,
+    whose family mix would shape the curve and differ between studies (`bench.analysis.memory_decay`)."""
+    return random_tokens(PROBE_SEQUENCES, test.seqs.shape[1] - 1)
+
+
 @torch.no_grad()
-def validation_scores(model: torch.nn.Module, seqs: torch.Tensor, alpha: float, weight: str, batch_size: int
-                      ) -> dict[str, float]:
+def validation_scores(model: torch.nn.Module, seqs: torch.Tensor, alpha: float, weight: str, batch_size: int,
+                      mask: torch.Tensor | None = None) -> dict[str, float]:
     """loss (the training objective, distance-weighted CE), ce, accuracy and distance_error of `model`
-    on `seqs` (N, L), each the mean over every predicted position, scored `batch_size` rows at a time."""
+    on `seqs` (N, L), each the mean over every predicted position that `mask` (N, L-1; None = all,
+    `SequenceSet.scored`) scores, scored `batch_size` rows at a time."""
     sums = dict.fromkeys(("loss", "ce", "accuracy", "distance_error"), 0.0)
-    for chunk in seqs.split(batch_size):
+    masks = [None] * len(seqs.split(batch_size)) if mask is None else mask.split(batch_size)
+    for chunk, keep in zip(seqs.split(batch_size), masks, strict=True):
         logits, targets = model(chunk[:, :-1]), chunk[:, 1:]
         scores = score_logits(logits, targets)
         part = {"loss": distance_weighted_ce(logits, targets, alpha, weight, reduce=False), "ce": scores["loss"],
                 "accuracy": scores["accuracy"], "distance_error": scores["distance_error"]}
         for k, v in part.items():
-            sums[k] += float(v.double().sum())
-    count = seqs.shape[0] * (seqs.shape[1] - 1)
+            sums[k] += float((v if keep is None else v * keep).double().sum())
+    count = seqs.shape[0] * (seqs.shape[1] - 1) if mask is None else max(int(mask.sum()), 1)
     return {k: v / count for k, v in sums.items()}
 
 
@@ -82,7 +92,8 @@ class Context:
     device: torch.device
     curriculum: Curriculum
     sets: dict[str, SequenceSet]  # make_split_test_sets: "iid", "ood", "length_<L>" for each test length
-    val_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # fresh sets, (seed, index)
+    # fresh sets (sequences, scored mask) by (seed, index)
+    val_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
     fixed_cache: dict[int, SequenceSet] = field(default_factory=dict)  # the fixed validation set, per seed
     seen_cache: dict[int, torch.Tensor] = field(default_factory=dict)  # iid rows drawn in training, per seed
 
@@ -122,6 +133,19 @@ class Context:
         unseen = SequenceSet.cat([self.sets["unseen"], self.test.subset(~seen)])
         return {"iid_seen": self.test.subset(seen), "iid_unseen": unseen, **rest}
 
+    def split_ids(self, seed: int) -> dict[str, torch.Tensor]:
+        """Stable ids (LongTensor) of the rows of `splits(seed)`, key by key and row by row: the same
+        test row has the same id for every architecture, seed and replicate, whichever of iid_seen and
+        iid_unseen it falls in. iid rows keep their index in the "iid" set, reserved rows get n_iid +
+        their index in "unseen", ood and length_<L> rows their index in their own set; so ids are
+        unique within (split source, length). Example: 6 iid rows of which seed 0 drew rows 1 and 4,
+        3 reserved rows: iid_seen [1, 4], iid_unseen [6, 7, 8, 0, 2, 3, 5]."""
+        seen, n_iid = self.seen(seed), len(self.test)
+        rows = torch.arange(n_iid)
+        reserved = n_iid + torch.arange(len(self.sets["unseen"]))
+        rest = {k: torch.arange(len(v)) for k, v in self.sets.items() if k not in ("iid", "unseen")}
+        return {"iid_seen": rows[seen], "iid_unseen": torch.cat([reserved, rows[~seen]]), **rest}
+
     def validation(self, seed: int) -> SequenceSet:
         """`seed`'s fixed validation set (on the CPU, built once), disjoint from every row the headlines
         read: its region keeps out the unseen and ood rows, and the iid rows the budget never drew
@@ -134,19 +158,24 @@ class Context:
                                                           exclude=exclude)
         return self.fixed_cache[seed]
 
+    def _on_device(self, rows: SequenceSet) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A validation set's sequences and scored-position mask (None = all) on the study's device."""
+        mask = rows.scored()
+        return rows.seqs.to(self.device), None if mask is None else mask.to(self.device)
+
     def validator(self, seed: int) -> Callable[[torch.nn.Module, int, float], dict[str, float]]:
         """Validation `index` of `seed`: val_* on the fixed validation set (model selection), fresh_* on
         that validation's fresh sequences (drawn once, then scored for every model: the monitor)."""
         d, t = self.cfg.data, self.cfg.train
-        fixed = self.validation(seed).seqs.to(self.device)
+        fixed = self._on_device(self.validation(seed))
 
         def validate(model: torch.nn.Module, index: int, epoch: float) -> dict[str, float]:
             if (seed, index) not in self.val_cache:
                 fresh = validation_set(self.curriculum, d.length, seed, index, epoch, d.val_size)
-                self.val_cache[(seed, index)] = fresh.seqs.to(self.device)
+                self.val_cache[(seed, index)] = self._on_device(fresh)
             args = (t.alpha, t.distance_weight, self.cfg.eval.batch_size)
-            return {**{f"val_{k}": v for k, v in validation_scores(model, fixed, *args).items()},
-                    **{f"fresh_{k}": v for k, v in validation_scores(model, self.val_cache[(seed, index)],
-                                                                    *args).items()}}
+            fresh_seqs, fresh_mask = self.val_cache[(seed, index)]
+            return {**{f"val_{k}": v for k, v in validation_scores(model, fixed[0], *args, fixed[1]).items()},
+                    **{f"fresh_{k}": v for k, v in validation_scores(model, fresh_seqs, *args, fresh_mask).items()}}
 
         return validate

@@ -47,13 +47,14 @@ def worker_tag(cfg: Config, index: int) -> str:
 
 
 def slots(cfg: Config) -> list[tuple[str, int]]:
-    """(Optuna study name, slots) of every stage this run works on (`cfg.stage`)."""
+    """(Optuna study name, slots) of every stage this run works on (`cfg.stage`), every replicate."""
     out = []
-    if cfg.stage in ("all", "search"):
-        out += [(search_name(cfg, arch), cfg.search.n_trials) for arch in cfg.arch_list]
-    if cfg.stage in ("all", "final"):
-        out += [(final_name(cfg, arch), len(cfg.seeds)) for arch in cfg.arch_list]
-        out += [(mutual_name(cfg), len(cfg.seeds))] if cfg.mutual.weight is not None else []
+    for r in range(cfg.search.replicates):
+        if cfg.stage in ("all", "search"):
+            out += [(search_name(cfg, arch, r), cfg.search.n_trials) for arch in cfg.arch_list]
+        if cfg.stage in ("all", "final"):
+            out += [(final_name(cfg, arch, r), len(cfg.seeds)) for arch in cfg.arch_list]
+            out += [(mutual_name(cfg, r), len(cfg.seeds))] if cfg.mutual.weight is not None else []
     return out
 
 

@@ -12,9 +12,12 @@ and closing (stage, status, reason, device, trial). The same record is
 Fields marked optional (the alphabetical tail) are left out of run.json, and out of runs.parquet
 unless some run has them, as a run that never trained has no validation scores.
 
-Files of one run (`RunFiles`), stem `<arch>-seed<seed>`, `-mutual` for a mutual-stage member:
+Files of one run (`RunFiles`), stem `<arch>-seed<seed>`, then `-r<r>` for search replicate r > 0
+(replicate 0 keeps the names studies had before replicates existed), then `-mutual` for a
+mutual-stage member, e.g. `mamba-seed3-r1-mutual`:
 
-    <out_dir>/final/<stem>.run.json, .history.parquet, .results.parquet, .decay.parquet
+    <out_dir>/final/<stem>.run.json, .history.parquet, .results.parquet, .decay.parquet,
+                     .predictions.parquet
     <out_dir>/models/<stem>.pt                          weights of a run that finished ok
     <out_dir>/checkpoints/<study name, / as __>/trial-<n>.pt   while a trial trains
 """
@@ -47,6 +50,7 @@ class RunRecord:
     stage: str = "final"  # search | final | mutual
     arch: str = field(metadata={"group": "plan"})
     seed: int = field(metadata={"group": "plan"})
+    replicate: int = field(default=0, metadata={"group": "plan"})  # the search replicate (run.json before: 0)
     status: str | None = _f("run")  # ok | failed (final and mutual runs)
     reason: str | None = _f("run")  # why it failed ("" when ok)
     d_model: int | None = _f("plan")
@@ -69,6 +73,9 @@ class RunRecord:
     search_trial: int | None = _f("run")  # the search trial whose configuration this final run retrains
     trial: int | None = _f("run")  # its own trial's number (a mutual member: its cohort's)
     cohort: str | None = _f("outcome", optional=True)  # mutual stage: the architectures trained jointly
+    # replicate r > 0 chose the configuration an earlier replicate's run of this seed trained: that run's stem,
+    # whose files these are (final runs are deterministic: same configuration, seed, data, initialisation)
+    copied_from: str | None = _f("run", optional=True)
     failure_reason: str | None = _f("outcome", optional=True)
     mem_peak_gib: float | None = _f("outcome", optional=True)  # CUDA only
     mutual_weight: float | None = _f("outcome", optional=True)
@@ -112,9 +119,11 @@ def runs_table(records: Iterable[RunRecord], study: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).assign(study=study)
 
 
-def stem(arch: str, seed: int, stage: str = "final") -> str:
-    """The file stem of a final (or mutual-stage) run's outputs."""
-    return f"{arch}-seed{seed}" + ("-mutual" if stage == "mutual" else "")
+def stem(arch: str, seed: int, stage: str = "final", replicate: int = 0) -> str:
+    """The file stem of a final (or mutual-stage) run's outputs: replicate 0 without a suffix, so
+    studies stored before replicates existed keep their file names."""
+    return (f"{arch}-seed{seed}" + (f"-r{replicate}" if replicate else "")
+            + ("-mutual" if stage == "mutual" else ""))
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,11 @@ class RunFiles:
     arch: str
     seed: int
     stage: str = "final"
+    replicate: int = 0
 
     @property
     def stem(self) -> str:
-        return stem(self.arch, self.seed, self.stage)
+        return stem(self.arch, self.seed, self.stage, self.replicate)
 
     def _final(self, suffix: str) -> Path:
         return self.out_dir / "final" / f"{self.stem}.{suffix}"
@@ -150,6 +160,10 @@ class RunFiles:
         return self._final("decay.parquet")
 
     @property
+    def predictions(self) -> Path:
+        return self._final("predictions.parquet")
+
+    @property
     def weights(self) -> Path:
         return self.out_dir / "models" / f"{self.stem}.pt"
 
@@ -159,10 +173,10 @@ class RunFiles:
         rest is there. `scores` and `model` only for a run that finished ok."""
         for d in (self.run_json.parent, self.weights.parent):
             d.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(history).assign(arch=self.arch, seed=self.seed)
+        frame = pd.DataFrame(history).assign(arch=self.arch, seed=self.seed, replicate=self.replicate)
         atomic_write(self.history, lambda p: frame.to_parquet(p, index=False))
         if scores is not None and model is not None:
-            tagged = scores.assign(arch=self.arch, seed=self.seed)
+            tagged = scores.assign(arch=self.arch, seed=self.seed, replicate=self.replicate)
             atomic_write(self.results, lambda p: tagged.to_parquet(p, index=False))
             state = {k: v.cpu() for k, v in model.state_dict().items()}
             atomic_write(self.weights, lambda p: torch.save(state, p))

@@ -124,10 +124,11 @@ def ceiling_table(ctx: Context) -> pd.DataFrame:
     for seed in cfg.seeds:
         val = ctx.validation(seed)
         scores = score_logits(bayes.log_probs(val.seqs[:, :-1]), val.seqs[:, 1:])
-        acc = scores["accuracy"].flatten()
+        mask = val.scored()  # the positions validation scores (None = all), as the learning curves read them
+        acc, loss = ((scores[k].flatten() if mask is None else scores[k][mask]) for k in ("accuracy", "loss"))
         parts.append(pd.DataFrame([{"set": "validation", "region": "train", "seed": seed, "family": "all",
                                     "position": pd.NA, "accuracy": float(acc.mean()),
-                                    "loss": float(scores["loss"].mean()), "method": method,
+                                    "loss": float(loss.mean()), "method": method,
                                     "se": float(acc.std() / math.sqrt(acc.numel()))}]))
     table = pd.concat(parts, ignore_index=True).assign(study=cfg.name, length=length)
     table["seed"] = table["seed"].astype("Int64")

@@ -1,7 +1,9 @@
 """The Optuna storage a study's workers share: its studies, their fingerprints, slots and heartbeats.
 
 Each architecture has a search study `<study>/<arch>` and a final study `<study>/<arch>/final`;
-with `mutual.weight` set, one more, `<study>/mutual`. A stage's study remembers the configuration
+with `mutual.weight` set, one more, `<study>/mutual`. Search replicate r > 0 (`search.replicates`)
+has its own set under `<study>/r<r>/` (`<study>/r1/mamba`, `<study>/r1/mamba/final`, `<study>/r1/mutual`);
+replicate 0 keeps the names studies had before replicates existed. A stage's study remembers the configuration
 it ran under (`fingerprint`) and refuses another, so a resumed study is always the same study.
 
 Work is claimed in slots: a search study has `search.n_trials` slots, a final study one per seed.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -41,29 +44,41 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 MAX_RETRY = 3  # retries of a trial whose worker died; after that its slot goes to a fresh trial
+# what creating a storage's schema raises when another process is creating it at the same time
+CREATED_BY_OTHER = ("already exists", "UNIQUE constraint failed", "duplicate key")
 
 
-def search_name(cfg: Config, arch: str) -> str:
-    return f"{cfg.name}/{arch}"
+def _prefix(cfg: Config, replicate: int) -> str:
+    return cfg.name + (f"/r{replicate}" if replicate else "")
 
 
-def final_name(cfg: Config, arch: str) -> str:
-    return f"{cfg.name}/{arch}/final"
+def search_name(cfg: Config, arch: str, replicate: int = 0) -> str:
+    return f"{_prefix(cfg, replicate)}/{arch}"
 
 
-def mutual_name(cfg: Config) -> str:
+def final_name(cfg: Config, arch: str, replicate: int = 0) -> str:
+    return f"{_prefix(cfg, replicate)}/{arch}/final"
+
+
+def mutual_name(cfg: Config, replicate: int = 0) -> str:
     """One study for the mutual stage: a slot per seed, each trial trains every architecture jointly."""
-    return f"{cfg.name}/mutual"
+    return f"{_prefix(cfg, replicate)}/mutual"
 
 
 def optuna_names(cfg: Config) -> list[str]:
-    """Every Optuna study of `cfg`'s stages: per architecture search then final, then the mutual one."""
-    names = [n for arch in cfg.arch_list for n in (search_name(cfg, arch), final_name(cfg, arch))]
-    return names + ([mutual_name(cfg)] if cfg.mutual.weight is not None else [])
+    """Every Optuna study of `cfg`'s stages: per replicate, per architecture search then final, then
+    the replicate's mutual one."""
+    names = []
+    for r in range(cfg.search.replicates):
+        names += [n for arch in cfg.arch_list for n in (search_name(cfg, arch, r), final_name(cfg, arch, r))]
+        names += [mutual_name(cfg, r)] if cfg.mutual.weight is not None else []
+    return names
 
 
-def open_storage(cfg: Config) -> RDBStorage:
-    """The study's storage with heartbeats and stale-trial retries; ConfigError if unreachable."""
+def open_storage(cfg: Config, retries: int = 3) -> RDBStorage:
+    """The study's storage with heartbeats and stale-trial retries; ConfigError if unreachable.
+    Two commands started together on a new storage both create its tables and stamp its schema
+    version: the slower one fails on the other's (`CREATED_BY_OTHER`) and opens it again."""
     if cfg.storage is None:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -74,6 +89,9 @@ def open_storage(cfg: Config) -> RDBStorage:
             engine_kwargs={"pool_pre_ping": True} if not cfg.storage_url.startswith("sqlite") else None,
         )
     except Exception as e:  # SQLAlchemy's OperationalError, a missing driver, a bad URL
+        if retries and any(m in str(e) for m in CREATED_BY_OTHER):
+            time.sleep(0.5)
+            return open_storage(cfg, retries - 1)
         shown = make_url(cfg.storage_url).render_as_string(hide_password=True)
         raise ConfigError(f"storage '{shown}' is unreachable: {first_line(e)}") from None
 
@@ -107,13 +125,15 @@ def check_reachable(cfg: Config, timeout_s: int = 10) -> None:
 
 def fingerprint(cfg: Config, stage: str) -> dict[str, Any]:
     """What must be equal for a stage's trials to be comparable: data, budget, model knobs, search
-    space and sizing. Counts (n_trials, seeds, workers) may grow between runs of one study; these may
-    not. The search stage's budget is search.steps, so a new final budget keeps the search.
-    model.arch and model.max_len are derived per architecture, so they are no part of it."""
+    space (the sampler and its `space` or `grid`) and sizing. Counts (n_trials, replicates, seeds,
+    workers) may grow between runs of one study; these may not. The search stage's budget is
+    search.steps, so a new final budget keeps the search. model.arch and model.max_len are derived
+    per architecture, so they are no part of it; nor is the report's equivalence_margin."""
     c = asdict(cfg)
     keep = {k: c[k] for k in ("data", "train", "model", "iso", "iso_target", "memory_budget")}
     keep["model"] = {k: v for k, v in c["model"].items() if k not in DERIVED_MODEL_KEYS}
-    keep["search"] = {k: v for k, v in c["search"].items() if k != "n_trials"}
+    unused = "grid" if cfg.search.sampler == "tpe" else "space"  # studies stored before grids existed match
+    keep["search"] = {k: v for k, v in c["search"].items() if k not in ("n_trials", "replicates", unused)}
     if stage == "search":
         keep["train"] = {**keep["train"], "steps": cfg.search.steps or cfg.train.steps}
         keep["search"]["steps"] = None
@@ -226,11 +246,16 @@ def claim(study: optuna.Study, storage: RDBStorage, n_slots: int) -> tuple[optun
     storage.record_heartbeat(trial_id(trial))  # from now on a dead worker's trial goes stale, never hangs
     slot = slot_of(study.get_trials(deepcopy=False), trial.number, n_slots)
     if slot is None:
-        trial.set_user_attr("surplus", True)
-        study.tell(trial, state=TrialState.FAIL)
+        release(study, trial)
         return None
     trial.set_user_attr("slot", slot)
     return trial, slot
+
+
+def release(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Close a claimed trial unrun, as surplus: its slot is free again, its number burnt."""
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 class Heartbeat:

@@ -1,10 +1,16 @@
 """One worker: claim a free slot of the first stage that has one, run it, start over; stop when
 every slot of every stage is finished. What a slot does is `stages.Stages`' part.
 
-Order of work: each architecture's search, then each architecture's final runs (as soon as its
-search has finished), then the mutual stage's seeds (once every search has finished). Slots are
-claimed through the shared storage (`storage.claim`), so any number of workers, in one process
-or many, on one machine or several, split the work and end with exactly the configured counts.
+Order of work: per stage, per search replicate, per architecture: each architecture's search,
+then each architecture's final runs (as soon as its search of that replicate has finished), then
+the mutual stage's seeds (once every search of that replicate has finished). Slots are claimed
+through the shared storage (`storage.claim`), so any number of workers, in one process or many, on
+one machine or several, split the work and end with exactly the configured counts.
+
+Proposals are the slot's (`sampler`): the same whichever worker or command claims it. Under TPE or
+the median pruner a search slot starts only once every lower slot of its study has finished (its
+proposal or its pruning reads them), so a worker finding an earlier slot of that study still
+running moves on to other work ("busy"): architectures, not trials, run side by side.
 
 Faults: a trial whose worker died is retried with the same parameters and slot and resumes from
 the checkpoint its predecessor wrote at its last validation (`trial.checkpoint_path`). A slot whose
@@ -20,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import optuna
 import torch
@@ -30,6 +35,7 @@ from optuna.trial import TrialState
 
 from bench.experiment.config import Config, ConfigError
 from bench.experiment.context import Context
+from bench.experiment.sampler import make_sampler, ready, sequential
 from bench.experiment.stages import Stages, StudyError, unwritable
 from bench.experiment.storage import (
     Heartbeat,
@@ -40,19 +46,15 @@ from bench.experiment.storage import (
     load_study,
     mutual_name,
     open_storage,
+    release,
     search_name,
 )
-from bench.seeding import derive_seed
 from bench.util import first_line
 
 POLL_S = 1.0  # how often an idle worker looks for work that other workers still hold
+Item = tuple[str, int, str | None]  # (stage, replicate, architecture; None for the mutual stage)
 
-
-def make_sampler(cfg: Config, arch: str, *salt: Any) -> optuna.samplers.BaseSampler:
-    """A TPE sampler seeded from the study, the architecture and `salt` (trials so far, worker): one
-    worker replays the same proposals on the same history; parallel workers propose different ones."""
-    return optuna.samplers.TPESampler(seed=derive_seed("tpe", cfg.search.seed, arch, *salt) % 2**32,
-                                      n_startup_trials=cfg.search.startup_trials)
+__all__ = ["POLL_S", "Worker", "make_pruner", "make_sampler"]
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -69,7 +71,7 @@ class Worker:
     cfg: Config
     device: torch.device
     log: Callable[[str], None] = print
-    tag: str = "0"  # tells parallel workers' samplers apart
+    tag: str = "0"  # which worker this is (`pool.worker_tag`); recorded on each trial it runs
     storage: RDBStorage = field(init=False)
     ctx: Context = field(init=False)
 
@@ -78,30 +80,28 @@ class Worker:
         self.ctx = Context.build(self.cfg, self.device)
         self.stages = Stages(self.ctx, self.storage, self.log)
         self.studies: dict[str, optuna.Study] = {}
-        self.finished: set[tuple[str, str | None]] = set()  # (stage, arch) with every slot finished: final
+        self.finished: set[Item] = set()  # (stage, replicate, arch) with every slot finished: final
 
-    def study(self, name: str, arch: str, search: bool) -> optuna.Study:
-        """The stage's study; a search study gets a sampler seeded afresh for each trial it asks."""
+    def study(self, name: str, search: bool) -> optuna.Study:
+        """The stage's study, loaded once; a search study prunes with the study's pruner (its
+        proposals come from `sampler.propose`, never from the study's own sampler)."""
         if name not in self.studies:
-            self.studies[name] = load_study(self.storage, self.cfg, name)
-        study = self.studies[name]
-        if search:
-            n = len(study.get_trials(deepcopy=False))
-            study = optuna.Study(name, self.storage, sampler=make_sampler(self.cfg, arch, n, self.tag),
-                                 pruner=make_pruner(self.cfg))
-        return study
+            self.studies[name] = load_study(self.storage, self.cfg, name,
+                                            pruner=make_pruner(self.cfg) if search else None)
+        return self.studies[name]
 
-    def work(self) -> list[tuple[str, str | None]]:
-        """(stage, architecture) in the order this worker looks for slots; the mutual stage is one
-        study for all architectures."""
+    def work(self) -> list[Item]:
+        """(stage, replicate, architecture) in the order this worker looks for slots; the mutual stage
+        is one study per replicate for all architectures."""
         cfg = self.cfg
         stages = {"all": ("search", "final", "mutual"), "search": ("search",), "final": ("final", "mutual")}
-        items: list[tuple[str, str | None]] = []
+        items: list[Item] = []
         for stage in stages[cfg.stage]:
-            if stage == "mutual":
-                items += [("mutual", None)] if cfg.mutual.weight is not None else []
-            else:
-                items += [(stage, arch) for arch in cfg.arch_list]
+            for r in range(cfg.search.replicates):
+                if stage == "mutual":
+                    items += [("mutual", r, None)] if cfg.mutual.weight is not None else []
+                else:
+                    items += [(stage, r, arch) for arch in cfg.arch_list]
         return items
 
     def run(self) -> None:
@@ -117,66 +117,81 @@ class Worker:
     def _run(self) -> None:
         while True:
             busy = False  # some slot is still running in another worker
-            for stage, arch in self.work():
-                if (stage, arch) in self.finished:
+            for item in self.work():
+                if item in self.finished:
                     continue
-                outcome = self.try_one(stage, arch)
+                outcome = self.try_one(*item)
                 if outcome == "ran":
                     break  # ran something: start over from the first stage and architecture
                 if outcome == "done":
-                    self.finished.add((stage, arch))
+                    self.finished.add(item)
                 busy |= outcome == "busy"
             else:
                 if not busy:
                     return
                 time.sleep(POLL_S)
 
-    def search_done(self, arch: str) -> bool:
-        """Whether `arch`'s search has finished (trivially without one); ConfigError under stage=final
-        when it is unfinished and nobody runs it."""
+    def search_done(self, arch: str, replicate: int = 0) -> bool:
+        """Whether `arch`'s search of `replicate` has finished (trivially without one); ConfigError
+        under stage=final when it is unfinished and nobody runs it."""
         cfg = self.cfg
-        if not cfg.search.n_trials or ("search", arch) in self.finished:
+        if not cfg.search.n_trials or ("search", replicate, arch) in self.finished:
             return True
-        search = self.study(search_name(cfg, arch), arch, True)
+        search = self.study(search_name(cfg, arch, replicate), True)
         if finished_count(search) >= cfg.search.n_trials:
-            self.finished.add(("search", arch))
+            self.finished.add(("search", replicate, arch))
             return True
         running = any(t.state == TrialState.RUNNING for t in search.get_trials(deepcopy=False))
         if cfg.stage == "final" and not running:
-            raise ConfigError(f"stage=final: the search of {arch} is unfinished and no worker is running "
+            which = f" (replicate {replicate})" if replicate else ""
+            raise ConfigError(f"stage=final: the search of {arch}{which} is unfinished and no worker is running "
                               f"it; run stage=search or stage=all first")
         return False
 
-    def try_one(self, stage: str, arch: str | None) -> str:
+    def waits(self, study: optuna.Study) -> bool:
+        """Whether a sequential search (`sampler.sequential`) must wait: some trial of the study is
+        running, so the next fresh slot would miss its outcome (a re-queued trial, WAITING, is claimed:
+        it keeps its parameters)."""
+        trials = study.get_trials(deepcopy=False)
+        return (sequential(self.cfg) and not any(t.state == TrialState.WAITING for t in trials)
+                and any(t.state == TrialState.RUNNING for t in trials))
+
+    def try_one(self, stage: str, replicate: int, arch: str | None) -> str:
         """'ran' a slot, 'busy' (slots held by others, or waiting for the search), or 'done'."""
         cfg = self.cfg
         if stage == "search":
             if cfg.search.n_trials == 0:
                 return "done"
-            study, n = self.study(search_name(cfg, arch), arch, search=True), cfg.search.n_trials
+            study, n = self.study(search_name(cfg, arch, replicate), True), cfg.search.n_trials
         elif stage == "final":
-            if not self.search_done(arch):
+            if not self.search_done(arch, replicate):
                 return "busy"
-            study, n = self.study(final_name(cfg, arch), arch, search=False), len(cfg.seeds)
+            study, n = self.study(final_name(cfg, arch, replicate), False), len(cfg.seeds)
         else:
-            if not all(self.search_done(a) for a in cfg.arch_list):
+            if not all(self.search_done(a, replicate) for a in cfg.arch_list):
                 return "busy"
-            study, n = self.study(mutual_name(cfg), "mutual", search=False), len(cfg.seeds)
+            study, n = self.study(mutual_name(cfg, replicate), False), len(cfg.seeds)
         optuna.storages.fail_stale_trials(study)
+        if stage == "search" and self.waits(study):
+            return "busy"
         got = claim(study, self.storage, n)
         if got is None:
             return "done" if sum(t.state.is_finished() for t in live_trials(study)) >= n else "busy"
         trial, slot = got
+        if stage == "search" and sequential(cfg) and not ready(study, trial, slot):
+            release(study, trial)  # another worker claimed a lower slot meanwhile: its outcome comes first
+            return "busy"
+        trial.set_user_attr("worker", self.tag)
         with Heartbeat(self.storage, trial, cfg.heartbeat):
             try:
                 if stage == "search":
-                    self.stages.search_trial(study, trial, arch, slot)
+                    self.stages.search_trial(study, trial, arch, slot, replicate)
                 elif stage == "final":
-                    self.stages.final_run(study, trial, arch, slot)
+                    self.stages.final_run(study, trial, arch, slot, replicate)
                 else:
-                    self.stages.mutual_run(study, trial, slot)
+                    self.stages.mutual_run(study, trial, slot, replicate)
             except Exception as e:  # never a trial left RUNNING by a cause this worker can catch
-                self.stages.failed(study, trial, stage, arch, slot, e)
+                self.stages.failed(study, trial, stage, arch, slot, e, replicate)
             finally:
                 self.stages.close_runs()
         return "ran"

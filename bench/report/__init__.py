@@ -13,7 +13,8 @@ headlines use iid_unseen and ood only, never iid_seen (sequences drawn verbatim 
      and whether any architecture reached 90 % of the ceiling;
   1. what was run (budget, seeds, data, storage, the command that reproduces it, split sizes);
   2. headline (best configuration, size, iid_unseen / ood / length accuracy and accuracy / ceiling as
-     mean and 95 % Student-t interval over seeds, tokens to 50 % and 90 % of the ceiling, baselines
+     mean and 95 % interval: hierarchical over seeds, search replicates and test sequences where
+     predictions.parquet is stored, else Student-t over seeds; tokens to 50 % and 90 % of the ceiling, baselines
      and the ceiling beside them, failed runs);
   3. against the ceiling (accuracy / ceiling per family with below-baseline flags, identifiable
      positions, the ceiling table); 4. paired comparisons on the same (seed, family) cells, iid_unseen
@@ -62,7 +63,7 @@ def build_report(out_dir: Path, report_dir: Path, *, storage_url: str | None = N
     tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", suffix=".tmp", dir=report_dir.parent))
     try:
         numbers = compute(stored, storage_url)
-        drawn = draw_figures(stored, numbers, tmp)
+        drawn = draw_figures(stored, numbers, tmp, storage_url)
         (tmp / "README.md").write_text(render(stored, numbers, drawn))
         report_dir.mkdir(exist_ok=True)
         for f in sorted(tmp.iterdir()):

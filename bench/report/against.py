@@ -37,41 +37,44 @@ def ceiling_ratios(results: pd.DataFrame, splits: tuple[str, ...] = (PRIMARY, "o
 
 def tokens_to_ceiling(history: pd.DataFrame | None, ceiling: pd.DataFrame | None, runs: pd.DataFrame,
                       fractions: tuple[float, ...] = FRACTIONS) -> pd.DataFrame:
-    """arch, seed, fraction, tokens: the first validation at which the run's val_accuracy (on the
-    fixed validation set) reached `fraction` × that seed's ceiling on the same set (ceiling.parquet,
-    set 'validation'); tokens NaN where it never did. Finished runs only. E.g. a seed with ceiling
-    0.8 whose validations score 0.3, 0.45, 0.7 at 1k, 2k, 3k tokens reaches 50 % (0.4) at 2k and
-    90 % (0.72) never."""
-    columns = ["arch", "seed", "fraction", "tokens"]
+    """arch, seed, replicate, fraction, tokens (one row per final run): the first validation at
+    which the run's val_accuracy (on the fixed validation set) reached `fraction` × that seed's
+    ceiling on the same set (ceiling.parquet, set 'validation'); tokens NaN where it never did.
+    Finished runs only. E.g. a seed with ceiling 0.8 whose validations score 0.3, 0.45, 0.7 at 1k,
+    2k, 3k tokens reaches 50 % (0.4) at 2k and 90 % (0.72) never."""
+    columns = ["arch", "seed", "replicate", "fraction", "tokens"]
     if history is None or ceiling is None or not len(history) or "set" not in ceiling:
         return pd.DataFrame(columns=columns)
     val = ceiling[(ceiling["set"] == "validation") & (ceiling["family"] == ALL) & ceiling["position"].isna()]
     per_seed = val.groupby("seed")["accuracy"].first()
     ok = runs[runs["status"] == "ok"] if "status" in runs else runs
-    finished = set(zip(ok["arch"], ok["seed"], strict=True))
+    ok, history = (t if "replicate" in t else t.assign(replicate=0) for t in (ok, history))
+    finished = set(zip(ok["arch"], ok["seed"], ok["replicate"], strict=True))
     rows = []
     acc = history[history["metric"] == "val_accuracy"]
-    for (arch, seed), h in acc.groupby(["arch", "seed"]):
-        if (arch, seed) not in finished or seed not in per_seed.index:
+    for (arch, seed, rep), h in acc.groupby(["arch", "seed", "replicate"]):
+        if (arch, seed, rep) not in finished or seed not in per_seed.index:
             continue
         h = h.sort_values("tokens")
         for f in fractions:
             hit = h.loc[h["value"] >= f * per_seed[seed] - EXACT, "tokens"]
-            rows.append((arch, seed, f, float(hit.iloc[0]) if len(hit) else float("nan")))
+            rows.append((arch, seed, rep, f, float(hit.iloc[0]) if len(hit) else float("nan")))
     return pd.DataFrame(rows, columns=columns)
 
 
 def tokens_text(per_seed: pd.DataFrame, arch: str, fraction: float) -> str:
     """The headline cell: the mean over seeds of the tokens to reach the fraction, 'not reached'
-    where no seed did, 'not reached in k of n seeds' where some did not, '—' without a ceiling."""
+    where no seed did, 'not reached in k of n seeds' where some did not ('runs' with several search
+    replicates), '—' without a ceiling."""
     t = per_seed.loc[(per_seed["arch"] == arch) & (per_seed["fraction"] == fraction), "tokens"]
     if not len(t):
         return "—"
     missed = int(t.isna().sum())
     if missed == len(t):
         return "not reached"
-    if missed:
-        return f"not reached in {missed} of {len(t)} seeds"
+    if missed:  # several search replicates: a run is a (replicate, seed) pair
+        replicated = "replicate" in per_seed and per_seed["replicate"].nunique() > 1
+        return f"not reached in {missed} of {len(t)} {'runs' if replicated else 'seeds'}"
     return f"{t.mean():,.0f}"
 
 

@@ -41,8 +41,8 @@ def first_line(s: Stored, n: Numbers) -> str:
     ratio = _ratio(n, lead)
     at = f" at {pct(acc[lead])} iid_unseen accuracy" + (f" ({pct(ratio)} of the ceiling)" if ratio else "")
     if n.best:
-        text = (f"Best: **{n.best}**{at}, ahead of every other architecture under both the bootstrap-Holm and the "
-                f"sign test on iid_unseen cells. ")
+        text = (f"Best: **{n.best}**{at}, significantly ahead of every other architecture on iid_unseen "
+                f"(hierarchical paired test, Holm-corrected). ")
     elif len(n.order) == 1:
         text = f"One architecture: **{lead}**{at}. "
     else:

@@ -9,8 +9,10 @@ import pandas as pd
 
 from bench.report import figures
 from bench.report.cka import CKA_KINDS, cka_last_matrix, cka_layer_kinds
+from bench.report.importance import completed_trials
 from bench.report.load import PRIMARY, Stored, with_others
 from bench.report.numbers import Numbers
+from bench.report.tables import study_level
 
 FIGURES = {  # file -> what it shows
     "accuracy.png": "accuracy (iid_unseen, ood) and distance error per architecture",
@@ -26,11 +28,12 @@ FIGURES = {  # file -> what it shows
 }
 
 
-def draw_figures(s: Stored, n: Numbers, out: Path) -> dict[str, str]:
+def draw_figures(s: Stored, n: Numbers, out: Path, storage_url: str | None = None) -> dict[str, str]:
     """Write every figure the data allow into `out`; returns {file: ''} for drawn ones and {file: why} for
-    the ones left out (a file absent from the answer has no place in this report, e.g. lag accuracy)."""
+    the ones left out (a file absent from the answer has no place in this report, e.g. lag accuracy).
+    `storage_url`: the Optuna storage the importances came from (default: the study's)."""
     drawn: dict[str, str] = {}
-    figures.overall(_panels(n), n.order, out / "accuracy.png")
+    figures.overall(_panels(n), n.order, out / "accuracy.png", _seed_points(s))
     drawn["accuracy.png"] = ""
     ratios = {sp: m.drop(index=[a for a in m.index if a in ("ceiling", "baseline_uniform")])
               for sp, m in n.family_ratio.items() if m.size}
@@ -41,7 +44,7 @@ def draw_figures(s: Stored, n: Numbers, out: Path) -> dict[str, str]:
     else:
         drawn["families.png"] = "no per-family results"
     _draw_training(s, n, out, drawn)
-    _draw_size(s, n, out, drawn)
+    _draw_size(s, n, out, drawn, storage_url or s.storage_url)
     _draw_cka(s, n, out, drawn)
     if n.mutual is not None and len(n.mutual):
         figures.mutual_gain(n.mutual, [a for a in n.order if a in set(n.mutual.arch)], out / "mutual.png")
@@ -59,6 +62,14 @@ def _panels(n: Numbers) -> list[tuple[str, str, float, pd.DataFrame]]:
             ("ood accuracy (higher is better)", "accuracy (%)", 100.0, pick("ood", "accuracy")),
             ("iid_unseen distance error (lower is better)", "mean |prediction − target| (values)", 1.0,
              pick(PRIMARY, "distance_error"))]
+
+
+def _seed_points(s: Stored) -> list[pd.DataFrame]:
+    """Each (arch, seed[, replicate])'s score for accuracy.png's panels (`_panels`' order): arch, value."""
+    per_seed = study_level(s.results)
+    pick = lambda split, metric: per_seed[(per_seed.split == split) & (per_seed.metric == metric)][  # noqa: E731
+        ["arch", "value"]].reset_index(drop=True)
+    return [pick(PRIMARY, "accuracy"), pick("ood", "accuracy"), pick(PRIMARY, "distance_error")]
 
 
 def _validation_ceiling(s: Stored) -> float | None:
@@ -90,7 +101,7 @@ def _draw_training(s: Stored, n: Numbers, out: Path, drawn: dict[str, str]) -> N
         drawn["lag_accuracy.png"] = ""
 
 
-def _draw_size(s: Stored, n: Numbers, out: Path, drawn: dict[str, str]) -> None:
+def _draw_size(s: Stored, n: Numbers, out: Path, drawn: dict[str, str], storage_url: str) -> None:
     """Accuracy against parameters (with the search trials) and hyperparameter importances."""
     if len(n.points):
         trials = s.trials if s.trials is not None else pd.DataFrame()
@@ -104,7 +115,10 @@ def _draw_size(s: Stored, n: Numbers, out: Path, drawn: dict[str, str]) -> None:
     else:
         drawn["pareto.png"] = "no finished final run"
     if n.importances:
-        figures.importances(n.importances, out / "importance.png")
+        replicates = int(s.setting("search.replicates", 1) or 1)
+        figures.importances(n.importances, out / "importance.png",
+                            completed_trials(s, list(n.importances), storage_url),
+                            "; replicate 0's search" if replicates > 1 else "")
         drawn["importance.png"] = ""
     else:
         drawn["importance.png"] = "; ".join(n.importance_notes) or "no importances"

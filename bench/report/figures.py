@@ -1,5 +1,10 @@
-"""The report's figures (matplotlib, Agg): one function per figure, each drawing from tidy tables
-that `bench.report.tables` computes and writing one PNG.
+"""The report's figures (matplotlib, Agg; seaborn for the statistical plots): one function per figure,
+each drawing from tidy tables that `bench.report.tables` computes and writing one PNG.
+
+Statistical plots show every seed as a point beside the mean, so a reader sees the spread the interval
+summarises (and, with fewer than 3 seeds, the points instead of an interval); intervals of accuracies
+are clipped to [0, 100 %], which no score can leave. A PNG carries no software stamp or date and every
+order is fixed (ties by name), so the same stored tables give the same bytes (`build_report` twice).
 
 Every architecture keeps one colour in every figure of every report (`arch_color`): each registered
 mixer has a fixed place in `ARCH_ORDER` (a test checks that every one has), so no colour ever moves;
@@ -20,7 +25,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator  # noqa: E402
 
 from bench.report.load import is_baseline  # noqa: E402
 
@@ -48,7 +54,9 @@ def arch_color(arch: str) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    """Write the PNG without the 'Software' stamp (matplotlib's version), so its bytes depend on the
+    data only."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
 
@@ -63,28 +71,56 @@ def _baseline_lines(ax: plt.Axes, values: dict[str, float], vertical: bool) -> N
              label=label if name == "ceiling" else f"baseline: {label}")
 
 
-def overall(panels: list[tuple[str, str, float, pd.DataFrame]], order: list[str], path: Path) -> Path:
-    """(a) One panel per (title, axis label, scale, table): each architecture's mean over seeds with its
-    95 % interval as a bar, the baselines and the ceiling (arch baseline_* / ceiling in the same
-    table) as lines. A table: arch, mean, half (NaN: no interval)."""
+def clipped(mean: pd.Series, half: pd.Series, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Asymmetric error-bar lengths (2 × n) of mean ± half clipped to [low, high]: an accuracy interval
+    never reaches past 0 or 100 %. NaN half (no interval): zero-length bars."""
+    half = half.fillna(0)
+    return np.vstack([mean - (mean - half).clip(low, high), (mean + half).clip(low, high) - mean])
+
+
+def _spread(points: pd.DataFrame, order: list[str], scale: float) -> pd.DataFrame:
+    """Seed points on a categorical axis: row = the architecture's place in `order` plus an offset
+    spread evenly over ±0.2 by rank of value (a fixed strip, not a random jitter, so the PNG's bytes
+    do not change between builds); shown = value · scale."""
+    p = points.assign(shown=points["value"] * scale, place=points["arch"].map({a: i for i, a in enumerate(order)}))
+    p = p.sort_values(["place", "shown"], kind="stable").reset_index(drop=True)
+    rank, size = p.groupby("place").cumcount(), p.groupby("place")["shown"].transform("size")
+    return p.assign(row=p["place"] + np.where(size > 1, 0.4 * rank / (size - 1).clip(lower=1) - 0.2, 0.0))
+
+
+def overall(panels: list[tuple[str, str, float, pd.DataFrame]], order: list[str], path: Path,
+            seeds: list[pd.DataFrame] | None = None) -> Path:
+    """(a) One panel per (title, axis label, scale, table): each architecture's mean as a bar with its 95 %
+    interval (clipped to [0, 100 %] for accuracies, at 0 for errors), each seed's score as a point on it
+    (`seeds[i]`: arch, value, for panel i), the baselines and the ceiling (arch baseline_* / ceiling in
+    the same table) as lines. A table: arch, mean, half (NaN: no interval, e.g. fewer than 3 seeds)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.45 * len(order) + 1.8), sharey=True,
                              squeeze=False)
-    y = np.arange(len(order))[::-1]
-    for ax, (name, label, scale, table) in zip(axes[0], panels, strict=True):
-        rows = table.set_index("arch").reindex(order)
-        ax.barh(y, rows["mean"].to_numpy() * scale, xerr=(rows["half"].fillna(0) * scale).to_numpy(),
-                color=[arch_color(a) for a in order], error_kw={"capsize": 3, "elinewidth": 1}, height=0.7)
+    for i, (ax, (name, label, scale, table)) in enumerate(zip(axes[0], panels, strict=True)):
+        rows = table.set_index("arch").reindex(order).reset_index()
+        high = 1.0 if scale == 100.0 else np.inf  # accuracies are fractions; errors have no upper end
+        sns.barplot(data=rows.assign(shown=rows["mean"] * scale), x="shown", y="arch", hue="arch", order=order,
+                    hue_order=order, palette=[arch_color(a) for a in order], errorbar=None, legend=False,
+                    alpha=0.55, width=0.7, ax=ax)
+        ax.errorbar(rows["mean"] * scale, np.arange(len(order)), fmt="none", ecolor="black", elinewidth=1, capsize=3,
+                    xerr=clipped(rows["mean"], rows["half"], 0.0, high) * scale)
+        points = seeds[i] if seeds is not None else pd.DataFrame(columns=["arch", "value"])
+        points = points[points["arch"].isin(order)]
+        if len(points):
+            sns.scatterplot(data=_spread(points, order, scale), x="shown", y="row", hue="arch", hue_order=order,
+                            palette=[arch_color(a) for a in order], legend=False, s=22, edgecolor="black",
+                            linewidth=0.6, zorder=3, ax=ax)
         _baseline_lines(ax, (table.set_index("arch")["mean"] * scale).to_dict(), vertical=True)
         ax.set_xlabel(label)
+        ax.set_ylabel("architecture" if i == 0 else "")
         ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(y, order)
-    axes[0][0].set_ylabel("architecture")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(handles), 5), frameon=False,
                    bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle("Scores on unseen sequences over seeds (bars: mean, whiskers: 95 % Student-t interval)")
+    fig.suptitle("Scores on unseen sequences (bars: mean over seeds; points: each seed and replicate; "
+                 "whiskers: 95 % interval, none with fewer than 3 seeds)")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(fig, path)
 
@@ -121,8 +157,9 @@ def family_heatmap(matrices: dict[str, pd.DataFrame], flags: dict[str, set], pat
 
 
 def learning_curves(history: pd.DataFrame, order: list[str], path: Path, ceiling: float | None = None) -> Path:
-    """(c) Accuracy and cross-entropy on the fixed validation set against tokens seen: mean over seeds,
-    band min–max; `ceiling` (the Bayes predictor on the same set, mean over seeds) as a dashed line
+    """(c) Accuracy and cross-entropy on the fixed validation set against tokens seen: the mean over
+    seeds as a thick line, every seed as a thin one (no band: with one or two seeds a min–max band
+    says nothing); `ceiling` (the Bayes predictor on the same set, mean over seeds) as a dashed line
     and 90 % of it dotted."""
     loss = "val_ce" if (history.metric == "val_ce").any() else "val_loss"
     panels = [("val_accuracy", "validation accuracy (%)", 100.0),
@@ -133,11 +170,16 @@ def learning_curves(history: pd.DataFrame, order: list[str], path: Path, ceiling
             h = history[(history.arch == arch) & (history.metric == metric)]
             if h.empty:
                 continue
-            g = h.groupby("tokens")["value"].agg(["mean", "min", "max", "size"]).reset_index()
-            n_seeds = h.seed.nunique()
-            ax.plot(g["tokens"], g["mean"] * scale, color=arch_color(arch), label=f"{arch} ({n_seeds} seeds)")
-            if n_seeds > 1:
-                ax.fill_between(g["tokens"], g["min"] * scale, g["max"] * scale, color=arch_color(arch), alpha=0.15)
+            h = h.assign(shown=h["value"] * scale, run=h["seed"].astype(str) + (
+                "-" + h["replicate"].astype(str) if "replicate" in h else ""))
+            n_runs = h["run"].nunique()
+            if n_runs > 1:
+                sns.lineplot(data=h, x="tokens", y="shown", units="run", estimator=None, color=arch_color(arch),
+                             alpha=0.3, linewidth=0.7, ax=ax, legend=False)
+            mean = h.groupby("tokens")["shown"].mean()
+            n_seeds = h["seed"].nunique()
+            runs = f"{n_seeds} seed{'s' if n_seeds > 1 else ''}" + (f", {n_runs} runs" if n_runs > n_seeds else "")
+            ax.plot(mean.index, mean.to_numpy(), color=arch_color(arch), linewidth=1.8, label=f"{arch} ({runs})")
         ax.set_xlabel("training tokens seen")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_ylabel(label)
@@ -146,8 +188,8 @@ def learning_curves(history: pd.DataFrame, order: list[str], path: Path, ceiling
         axes[0].axhline(ceiling * 100, color="black", linestyle="--", linewidth=1.2, label="ceiling (Bayes)")
         axes[0].axhline(0.9 * ceiling * 100, color="black", linestyle=":", linewidth=1, label="90 % of the ceiling")
         axes[0].legend(fontsize=8, loc="lower right")
-    axes[0].set_title("Validation accuracy (band: min–max over seeds)")
-    axes[1].set_title("Validation loss (band: min–max over seeds)")
+    axes[0].set_title("Validation accuracy (thick: mean over seeds, thin: each run)")
+    axes[1].set_title("Validation loss (thick: mean over seeds, thin: each run)")
     axes[1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
@@ -180,7 +222,7 @@ def memory_decay(curves: pd.DataFrame, order: list[str], path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("Memory decay: dependence of the last prediction on the input k steps back "
-                 "(mean over test sequences and seeds)")
+                 "(mean over random-token inputs and seeds)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -215,47 +257,60 @@ def lag_accuracy(lag: pd.DataFrame, order: list[str], path: Path) -> Path:
 
 
 def pareto(points: pd.DataFrame, front: list[str], trials: pd.DataFrame, path: Path) -> Path:
-    """(e) Test accuracy against parameter count (final runs: arch, num_params, mean, half), the
-    Pareto front through `front`, and search trials (arch, num_params, val_accuracy) as faint points."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for arch, t in trials.groupby("arch"):
-        ax.scatter(t["num_params"], t["val_accuracy"] * 100, color=arch_color(str(arch)), alpha=0.25, marker="x", s=20)
-    if len(trials):
-        ax.scatter([], [], color="grey", alpha=0.4, marker="x", label="search trials (validation accuracy)")
-    for _, p in points.iterrows():
-        ax.errorbar(p["num_params"], p["mean"] * 100, yerr=0 if pd.isna(p["half"]) else p["half"] * 100,
-                    color=arch_color(p["arch"]), marker="o", markersize=8, capsize=3, label=p["arch"])
+    """(e) Left: final runs' test (iid_unseen) accuracy against parameter count (arch, num_params, mean,
+    half; interval clipped to [0, 100 %]) and the Pareto front through `front`. Right, in its own panel
+    because it is another quantity at another budget: search trials' validation accuracy (arch,
+    num_params, val_accuracy) against their size."""
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    for _, p in points.sort_values("arch").iterrows():
+        ax.errorbar(p["num_params"], p["mean"] * 100, color=arch_color(p["arch"]), marker="o", markersize=8,
+                    yerr=clipped(pd.Series([p["mean"]]), pd.Series([p["half"]])) * 100, capsize=3, label=p["arch"])
     f = points.set_index("arch").loc[front].sort_values("num_params")
     ax.step(f["num_params"], f["mean"] * 100, where="post", color="black", linewidth=1, alpha=0.6, label="Pareto front")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.xaxis.set_minor_formatter(EngFormatter(sep=""))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against size (final runs: iid_unseen accuracy, mean ± 95 %)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_ylabel("final test accuracy, iid_unseen (%)")
+    ax.set_title("Final runs: test accuracy (mean ± 95 %) against size")
+    if len(trials):
+        t = trials.assign(shown=trials["val_accuracy"] * 100).sort_values(["arch", "num_params", "shown"])
+        sns.scatterplot(data=t, x="num_params", y="shown", hue="arch", palette={a: arch_color(a) for a in
+                        t["arch"].unique()}, marker="X", alpha=0.6, s=30, legend=False, ax=side)
+    else:
+        side.text(0.5, 0.5, "no search trials", ha="center", va="center", transform=side.transAxes)
+    side.set_ylabel("search validation accuracy (%)")
+    side.set_title(f"Search trials ({len(trials)}, colours as on the left): validation accuracy at the search budget",
+                   fontsize=10)
+    for a in (ax, side):
+        a.set_xscale("log")
+        a.xaxis.set_major_formatter(EngFormatter(sep=""))
+        a.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))  # 20k, 50k: apart on any decade
+        a.xaxis.set_minor_formatter(EngFormatter(sep=""))
+        a.tick_params(axis="x", which="minor", labelsize=8)
+        a.set_xlabel("parameters (log scale)")
+        a.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best", frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def importances(values: dict[str, dict[str, float]], path: Path) -> Path:
-    """(f) Optuna (PED-ANOVA) hyperparameter importances per architecture, one panel each."""
+def importances(values: dict[str, dict[str, float]], path: Path, counts: dict[str, int] | None = None,
+                replicate_note: str = "") -> Path:
+    """(f) Optuna (PED-ANOVA) hyperparameter importances per architecture, one panel each, titled with
+    the completed search trials they rest on (`counts`); bars in order of importance, ties by name."""
     archs = list(values)
     cols = min(4, len(archs))
     rows = -(-len(archs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 2.8 * rows), squeeze=False)
     for ax, arch in zip(axes.flat, archs, strict=False):
-        imp = sorted(values[arch].items(), key=lambda kv: kv[1])
+        imp = sorted(values[arch].items(), key=lambda kv: (-kv[1], kv[0]))[::-1]  # drawn upwards: largest on top
         ax.barh([k for k, _ in imp], [v for _, v in imp], color=arch_color(arch))
         ax.set_xlim(0, 1)
-        ax.set_title(arch, color=arch_color(arch))
-        ax.set_xlabel("importance (normalised, sums to 1)")
+        count = (counts or {}).get(arch)
+        ax.set_title(f"{arch} ({count} trials)" if count is not None else arch, color=arch_color(arch), fontsize=10)
+        ax.set_xlabel("importance (sums to 1)")
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(archs):]:
         ax.axis("off")
-    fig.suptitle("Hyperparameter importance in the search (Optuna PED-ANOVA on validation loss)")
+    fig.suptitle("Hyperparameter importance in the search (Optuna PED-ANOVA on validation loss"
+                 f"{replicate_note}; completed trials in brackets)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -281,7 +336,8 @@ def cka_matrix(matrix: pd.DataFrame, path: Path, n_rows: int | None = None,
     values = matrix.to_numpy(dtype=float)
     names = [str(a) for a in matrix.index]
     size = 0.75 * len(names) + 2.5
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    # constrained layout keeps the (figure-level) title above the colour bar instead of running into it
+    fig, ax = plt.subplots(figsize=(size + 1.6, size + 0.6), layout="constrained")
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -295,10 +351,11 @@ def cka_matrix(matrix: pd.DataFrame, path: Path, n_rows: int | None = None,
     ax.set_xlabel("architecture")
     ax.set_ylabel("architecture")
     rows = f", n = {n_rows:,} positions" if n_rows else ""
-    ax.set_title(f"Linear CKA of the last block's outputs (mean over seeds{rows})\n"
-                 f"off-diagonal: two architectures, same seed · diagonal: {diagonal}", fontsize=10)
-    fig.colorbar(image, ax=ax, label="linear CKA (1 = same representation up to rotation and scale)", shrink=0.8)
-    fig.tight_layout()
+    width = int(fig.get_figwidth() * 12)  # characters of a 10 pt line across the figure
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in (
+        f"Linear CKA of the last block's outputs (mean over seeds{rows})",
+        f"off-diagonal: two architectures, same seed · diagonal: {diagonal}")), fontsize=10)
+    fig.colorbar(image, ax=ax, label="linear CKA (1 = same representation\nup to rotation and scale)", shrink=0.8)
     return _save(fig, path)
 
 

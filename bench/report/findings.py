@@ -40,37 +40,50 @@ def _accuracy(n: Numbers) -> pd.DataFrame:
     return n.summary[n.summary.metric == "accuracy"].set_index("arch")
 
 
+def _leader_interval(n: Numbers) -> str:
+    """The leader's 95 % interval: the hierarchical one (seeds, replicates and sequences) where there
+    is one, else Student-t over seeds; below 3 seeds none ('n seeds, no interval')."""
+    acc = _accuracy(n).loc[n.order[0]]
+    iv = n.intervals[(n.intervals.arch == n.order[0]) & (n.intervals.split == PRIMARY)] \
+        if n.intervals is not None else pd.DataFrame()
+    lo, hi, half, seeds = (iv["lo"].iloc[0], iv["hi"].iloc[0], iv["half"].iloc[0], int(iv["seeds"].iloc[0])) \
+        if len(iv) else (acc["mean"] - acc["half"], acc["mean"] + acc["half"], acc["half"], int(acc["n"]))
+    if not np.isfinite(half):
+        return f"{plural(seeds, 'seed')}, no interval"
+    return f"95 % interval {pct(max(0.0, lo))}–{pct(min(1.0, hi))} over {plural(seeds, 'seed')}"
+
+
 def _best(n: Numbers) -> str:
-    """The best architecture where it is separable from every other, else the top group, with numbers."""
+    """The best architecture where it is significantly ahead of every other, else the top group, with numbers."""
     acc = _accuracy(n)
     lead = acc.loc[n.order[0]]
-    lo, hi = max(0.0, lead["mean"] - lead["half"]), min(1.0, lead["mean"] + lead["half"])
-    interval = (f"95 % interval {pct(lo)}–{pct(hi)} over {int(lead['n'])} seeds" if np.isfinite(lead["half"])
-                else "one seed, no interval")
+    interval = _leader_interval(n)
     if n.best:
-        return (f"**Best:** {n.best} with {pct(lead['mean'])} iid_unseen accuracy ({interval}), separable from every "
-                f"other architecture (see {link('pairs')}).")
+        return (f"**Best:** {n.best} with {pct(lead['mean'])} iid_unseen accuracy ({interval}), significantly ahead "
+                f"of every other architecture (Holm-corrected, see {link('pairs')}).")
     group = ", ".join(f"{a} {pct(acc.loc[a, 'mean'])}" for a in n.top if a in acc.index)
     return (f"**Top group** (not separable at this budget, iid_unseen accuracy): {group}; the leader's {interval}."
             if len(n.top) > 1 else f"**One architecture:** {n.order[0]}, {pct(lead['mean'])} ({interval}).")
 
 
 def _separable(pairs: pd.DataFrame, split: str) -> str:
-    sig = pairs[pairs.separable]
+    sig, eq = pairs[pairs.separable], pairs[pairs.equivalent]
+    same = f"; equivalent within the margin: {', '.join(f'{r.a} ≈ {r.b}' for r in eq.itertuples())}" if len(eq) else ""
     if not len(sig):
-        return (f"on {split} no pairwise difference is separable ({plural(len(pairs), 'pair')}, "
-                f"{int(pairs['cells'].max())} cells each)")
+        return f"on {split} no pairwise difference is significant ({plural(len(pairs), 'pair')}){same}"
     desc = [f"{r.a if r.diff > 0 else r.b} > {r.b if r.diff > 0 else r.a} ({100 * abs(r.diff):.1f} pp)"
             for r in sig.sort_values("diff", key=abs, ascending=False).itertuples()]
     return (f"on {split} {plural(len(sig), 'difference')} of {plural(len(pairs), 'pair')}: "
-            f"{', '.join(desc[:8])}{' …' if len(desc) > 8 else ''}")
+            f"{', '.join(desc[:8])}{' …' if len(desc) > 8 else ''}{same}")
 
 
 def _significance(n: Numbers) -> list[str]:
     parts = [_separable(p, split) for p, split in ((n.pairs, PRIMARY), (n.pairs_ood, "ood")) if len(p)]
     if not parts:
         return []
-    return ["**Separable** (bootstrap and sign test, each Holm-corrected, 5 %): " + "; ".join(parts) + "."]
+    unit = "per-sequence scores" if n.unit == "predictions" else "(seed, family) cells: no per-sequence scores stored"
+    return [f"**Significant** (hierarchical test on {unit}, Holm-corrected, 5 %; equivalence: TOST at "
+            f"±{100 * n.margin:g} pp): " + "; ".join(parts) + "."]
 
 
 def _ceiling(s: Stored, n: Numbers) -> str:
@@ -127,11 +140,25 @@ def _families(n: Numbers) -> list[str]:
         return []
     top = fam.max(axis=0)
     hard, easy = top.idxmin(), top.idxmax()
+    won = _winners(n)
     if top[hard] == top[easy]:
         return [f"**Per family** (iid_unseen): the highest accuracy / ceiling of any architecture is {pct(top[hard])} "
-                f"on every family."]
+                f"on every family.{won}"]
     return [f"**Per family** (iid_unseen, highest accuracy / ceiling of any architecture): hardest {hard} "
-            f"({pct(top[hard])}), easiest {easy} ({pct(top[easy])})."]
+            f"({pct(top[hard])}), easiest {easy} ({pct(top[easy])}).{won}"]
+
+
+def _winners(n: Numbers) -> str:
+    """' Significant family winners: ...' (only families whose leader is significantly ahead of every
+    other architecture there; ties are not wins), '' without per-sequence scores."""
+    w = (n.winners or {}).get(PRIMARY)
+    if w is None or not len(w):
+        return ""
+    won = w[w["winner"].notna()]
+    if not len(won):
+        return f" No family has a significant winner ({len(w)} tested)."
+    return (f" Significant family winners ({len(won)} of {len(w)}): "
+            + ", ".join(f"{r.winner} on {r.family}" for r in won.itertuples()) + "; elsewhere a top group.")
 
 
 def _oeis_models(kind: str, models: pd.DataFrame) -> str:
@@ -147,6 +174,9 @@ def _oeis_models(kind: str, models: pd.DataFrame) -> str:
     if len(group) == 1:
         return (f"on the {kind} kinds {top} scores highest, {interval_text(*ci[top])}, its 95 % interval over "
                 "seeds clear of every other architecture's")
+    if not all(np.isfinite(ci[a][1]) for a in group):
+        return (f"on the {kind} kinds {and_list(group)} are not separable (fewer than 3 seeds: no interval; top by "
+                f"mean {top}, {interval_text(*ci[top])})")
     return (f"on the {kind} kinds {and_list(group)} are not separable (their 95 % intervals over seeds overlap: the "
             f"differences are within the seeds' spread; top by mean {top}, {interval_text(*ci[top])})")
 
@@ -166,6 +196,22 @@ def _oeis(n: Numbers) -> list[str]:
     return [f"**Real sequences** (OEIS): {'; '.join(parts)} (see {link('oeis')})."] if parts else []
 
 
+def _lag_recall(n: Numbers) -> dict[str, int | None]:
+    """Per architecture the largest lag k such that every lag k' <= k is recalled (mean accuracy on
+    its predictable positions >= RECALL), None where not even the smallest is; {} outside lag studies.
+    The same every-k'-up-to-k rule as the memory reach."""
+    if n.lag is None:
+        return {}
+    out: dict[str, int | None] = {}
+    for a, g in n.lag.groupby("arch"):
+        if is_baseline(a):
+            continue
+        g = g.sort_values("k")
+        ok = (g["mean"] >= RECALL).cummin()
+        out[str(a)] = int(g.loc[ok, "k"].max()) if ok.any() else None
+    return out
+
+
 def _memory(n: Numbers) -> list[str]:
     if n.decay is None:
         return ["**Memory:** no decay curves stored."]
@@ -173,17 +219,36 @@ def _memory(n: Numbers) -> list[str]:
     if not reach:
         return []
     k0 = int(n.decay["k"].min())
-    return [f"**Memory:** the perturbation effect stays above {REMEMBER:.0%} of its k={k0} value up to "
-            + ", ".join(f"k={k} ({a})" for a, k in sorted(reach.items(), key=lambda t: -t[1])) + "."]
+    recall = _lag_recall(n)
+    curves = n.decay[n.decay["variant"] == "perturbation"]
+
+    def part(arch: str, k: int) -> str:
+        c = curves[curves["arch"] == arch]
+        later = c[c["k"] > k]
+        peak = (f"peak beyond it at k={int(later.loc[later['value'].idxmax(), 'k'])}"
+                if len(later) and later["value"].max() >= REMEMBER * float(c.sort_values("k")["value"].iloc[0])
+                else "")
+        extra = [x for x in (peak, f"lag recall {recall.get(arch) or 'none'}" if recall else "") if x]
+        return f"{arch} k={k}" + (f" ({', '.join(extra)})" if extra else "")
+
+    return [f"**Memory reach** (the largest k such that the last prediction's dependence on the input k′ steps "
+            f"back stays at or above {100 * REMEMBER:g} % of its k={k0} value at every probed k′ ≤ k; perturbation "
+            "probe on uniform random-token sequences, mean over seeds): "
+            + ", ".join(part(a, k) for a, k in sorted(reach.items(), key=lambda t: (-t[1], t[0]))) + "."]
 
 
 def _lag(n: Numbers) -> list[str]:
-    if n.lag is None:
+    recall = _lag_recall(n)
+    if not recall:
         return []
-    recall = {a: g.loc[g["mean"] >= RECALL, "k"].max() for a, g in n.lag.groupby("arch") if not is_baseline(a)}
-    return [f"**Lag recall** (largest k with ≥ {RECALL:.0%} accuracy on predictable positions): "
-            + ", ".join(f"{a} {int(k) if pd.notna(k) else 'none'}"
-                        for a, k in sorted(recall.items(), key=lambda t: -(t[1] if pd.notna(t[1]) else 0))) + "."]
+    lags = sorted(int(k) for k in n.lag["k"].unique())
+    shortcut = (f" From position {lags[-1]} on, the value {lags[-1]} back is every lag's target (each lag divides "
+                f"{lags[-1]}), so recall there does not show which lag was read."
+                if len(lags) > 1 and all(lags[-1] % k == 0 for k in lags) else "")
+    return [f"**Lag recall** (the largest lag k such that every lag k′ ≤ k has ≥ {RECALL:.0%} accuracy on its "
+            "predictable positions, mean over seeds): "
+            + ", ".join(f"{a} {k if k is not None else 'none'}"
+                        for a, k in sorted(recall.items(), key=lambda t: (-(t[1] or 0), t[0]))) + "." + shortcut]
 
 
 def _size(n: Numbers) -> list[str]:

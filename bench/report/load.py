@@ -23,7 +23,10 @@ from bench.util import first_line
 REQUIRED = ("results.parquet", "runs.parquet", "meta.yaml", "config.yaml")  # without these nothing to report
 # <name>.parquet; a missing one is said in its section
 OPTIONAL = ("history", "trials", "overlap", "decay", "cka", "cka_floor", "mutual", "mutual_runs", "mutual_kl",
-            "ceiling", "splits", "oeis")
+            "ceiling", "splits", "oeis", "predictions")
+# the columns the report reads of a large table (predictions.parquet: ~7 M rows for phase2)
+READ_COLUMNS = {"predictions": ["arch", "stage", "seed", "replicate", "split", "length", "phase", "family", "sequence",
+                                "correct"]}
 ALL = "all"  # the family of rows aggregated over families (position <NA>: over all positions)
 # the non-learned predictors scored on the same test set, in the order the report shows them
 BASELINES = ("baseline_uniform", "baseline_last_value", "baseline_extrapolate", "baseline_lookup")
@@ -70,6 +73,7 @@ class Stored:
     splits: pd.DataFrame | None = None  # test sequences per (seed, phase, family, split, length)
     oeis: pd.DataFrame | None = None  # next-term scores on real (OEIS) sequences per (arch, seed, kind)
     family_names: list[str] = field(default_factory=list)  # the test set's family order
+    predictions: pd.DataFrame | None = None  # one row per scored prediction of every final run (not before issue 17)
 
     @property
     def name(self) -> str:
@@ -91,8 +95,8 @@ def load(out_dir: Path) -> Stored:
     missing = [f for f in REQUIRED if not (out_dir / f).is_file()]
     if missing:
         raise MissingResults(out_dir, missing[0])
-    optional = {name: _table(out_dir / f"{name}.parquet") if (out_dir / f"{name}.parquet").is_file() else None
-                for name in OPTIONAL}
+    optional = {name: _table(out_dir / f"{name}.parquet", READ_COLUMNS.get(name))
+                if (out_dir / f"{name}.parquet").is_file() else None for name in OPTIONAL}
     overlap = optional["overlap"]
     cfg, meta = (_mapping(out_dir / f) for f in ("config.yaml", "meta.yaml"))
     families = list(dict.fromkeys(overlap["family"])) if overlap is not None and "family" in overlap else []
@@ -105,10 +109,11 @@ def load(out_dir: Path) -> Stored:
                   runs=_table(out_dir / "runs.parquet"), family_names=families, **optional)
 
 
-def _table(path: Path) -> pd.DataFrame:
-    """A stored table; a file that is not a readable parquet table is named (a ReportInputError)."""
+def _table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A stored table (only `columns`, given); a file that is not a readable parquet table is named
+    (a ReportInputError)."""
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, columns=columns)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
         raise ReportInputError(f"stored table {path} cannot be read ({first_line(e)[:200]}); "
                                f"rerun the study to rewrite it") from None

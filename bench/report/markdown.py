@@ -60,19 +60,19 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def fmt_ci(mean: float, half: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
-    """'48.2 ± 0.6', or '48.2 (n=1)' when one seed gives no interval, or '—'."""
+    """'48.2 ± 0.6', or '48.2 (n=2)' when fewer than 3 seeds give no interval, or '—'."""
     if n == 0 or not np.isfinite(mean):
         return "—"
     if n == 1 or not np.isfinite(half):
-        return f"{mean * scale:.{digits}f} (n=1)"
+        return f"{mean * scale:.{digits}f} (n={n})"
     return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}"
 
 
 def interval_text(mean: float, half: float, n: int, after: str = "") -> str:
     """'92.0 %<after> (interval 88.1–95.9 %)' of a fraction over seeds (mean ± half, n seeds), or
-    '92.0 %<after> (one seed: no interval)'."""
+    '92.0 %<after> (one seed: no interval)' ('2 seeds: no interval': below 3 seeds there is none)."""
     if n < 2 or not np.isfinite(half):
-        return f"{pct(mean)}{after} (one seed: no interval)"
+        return f"{pct(mean)}{after} ({'one seed' if n < 2 else f'{n} seeds'}: no interval)"
     return f"{pct(mean)}{after} (interval {100 * (mean - half):.1f}–{100 * (mean + half):.1f} %)"
 
 

@@ -4,7 +4,6 @@ comparison; `render` puts them together with the findings (`bench.report.finding
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from bench.report.against import FRACTIONS, tokens_text
 from bench.report.ceiling_sections import FLAG, first_line, label, section_ceiling, section_oeis, split_sizes
 from bench.report.comparisons import section_pairs
 from bench.report.findings import findings
+from bench.report.importance import MIN_TRIALS
 from bench.report.load import ALL, PRIMARY, Stored, family_order, is_baseline
 from bench.report.markdown import (
     and_list,
@@ -26,6 +26,7 @@ from bench.report.markdown import (
     title,
 )
 from bench.report.numbers import Numbers, reference_order
+from bench.report.search_space import KNOBS, boundary_flags, boundary_line, fmt_knob, searched_ranges
 from bench.report.tables import SIZE_COLUMNS, mutual_verdict
 
 
@@ -50,13 +51,33 @@ def rebuild_command(s: Stored) -> str:
 def _search_line(s: Stored) -> str:
     c = s.setting
     if c("search.n_trials"):
+        replicates = int(c("search.replicates", 1) or 1)
+        repeat = f", repeated in {replicates} replicates (sampler seeds)" if replicates > 1 else ""
+        budget = (f"{c('search.n_trials')} trials × {c('search.steps') or c('train.steps')} steps × batch "
+                  f"{c('train.batch_size')} per architecture{repeat} (seed {c('search.seed')}; ")
+        if c("search.sampler", "tpe") == "grid":
+            grid = ", ".join(f"{k} [{', '.join(fmt_knob(k, v) for v in c(f'search.grid.{k}'))}]" for k in KNOBS
+                             if c(f"search.grid.{k}") is not None)
+            return budget + f"grid sampler, {c('search.pruner')} pruner; grid {grid})"
         space = f"d_model {list(c('search.space.d_model'))}, layers {list(c('search.space.num_layers'))}, " \
                 f"lr {list(c('search.space.lr'))}"
-        return (f"{c('search.n_trials')} trials × {c('search.steps') or c('train.steps')} steps × batch "
-                f"{c('train.batch_size')} per architecture (seed {c('search.seed')}; TPE, {c('search.pruner')} "
-                f"pruner; space {space})")
+        return budget + f"TPE, {c('search.pruner')} pruner; space {space})"
     return (f"none: every architecture at d_model {c('model.d_model')}, {c('model.num_layers')} layers, "
             f"d_state {c('model.d_state')}")
+
+
+def section_boundary(s: Stored) -> tuple[str, str]:
+    """The search-space boundary check (`bench.report.search_space`): the run section's line, and the
+    table of the chosen values at an edge of their searched range ('' where there are none)."""
+    ranges = searched_ranges(s)
+    flags = boundary_flags(s)
+    line = f"- **Search boundary:** {boundary_line(flags, ranges)}."
+    if not len(flags):
+        return line, ""
+    rows = [[r.arch, str(r.replicate), r.knob, fmt_knob(r.knob, r.value),
+             f"[{fmt_knob(r.knob, r.low)}, {fmt_knob(r.knob, r.high)}]", r.side] for r in flags.itertuples()]
+    return line, ("\nChosen values on the boundary of the searched range:\n\n"
+                  + md_table(["architecture", "replicate", "knob", "chosen", "searched range", "edge"], rows) + "\n")
 
 
 def section_run(s: Stored) -> str:
@@ -69,11 +90,13 @@ def section_run(s: Stored) -> str:
     data = "; ".join(f"phase {int(p)}: {', '.join(family_order(g['family'], s.family_names))}"
                      for p, g in fam.groupby("phase"))
     archs = [a for a in s.results["arch"].unique() if not is_baseline(a)]
+    boundary, boundary_table = section_boundary(s)
     lines = [
         f"- **Command:** `{m.get('command') or '(not recorded)'}`",
         f"- **Commit:** `{m.get('commit', '?')}` · **date:** {m.get('date', '?')} · "
         f"**machine:** {m.get('machine', '?')} · **workers:** {m.get('workers', '?')}",
         f"- **Search:** {_search_line(s)}",
+        boundary,
         f"- **Final:** {final}; early stopping {'on' if c('train.early_stopping') else 'off'}",
         f"- **Seeds:** {', '.join(str(x) for x in sorted(s.results['seed'].unique()))} · "
         f"**architectures:** {', '.join(sorted(archs))}",
@@ -83,7 +106,7 @@ def section_run(s: Stored) -> str:
         f"(resumes if the storage is there; rebuild this report: `{rebuild_command(s)}`)",
         f"- **Test-set overlap with training:** {overlap_line(s.overlap, s.family_names)}",
     ]
-    return f"{heading('run')}\n\n" + "\n".join(lines) + "\n" + split_sizes(s)
+    return f"{heading('run')}\n\n" + "\n".join(lines) + "\n" + boundary_table + split_sizes(s)
 
 
 def overlap_line(overlap: pd.DataFrame | None, known: list[str]) -> str:
@@ -177,7 +200,9 @@ def section_headline(s: Stored, n: Numbers) -> str:
             "training tokens at the first validation (fixed validation set) scoring that fraction of the "
             "ceiling on the same set, mean over seeds. Baselines are non-learned predictors on the same "
             "sequences (lookup memorises each seed's training budget), mean over seeds. Sequences drawn "
-            "verbatim in training (iid_seen) are left out.\n\n" + md_table(header, rows) + "\n")
+            "verbatim in training (iid_seen) are left out. Accuracy on iid_unseen and ood: the hierarchical 95 % "
+            "interval (seeds, search replicates and test sequences; see the paired comparisons) where "
+            "predictions.parquet is stored; below 3 seeds no interval.\n\n" + md_table(header, rows) + "\n")
     if one:
         text += "\n(n=1): a single seed gives no interval.\n"
     return text + "<!-- /headline -->\n" + _other_metrics(n) + "\n" + failed_runs(s.runs)
@@ -198,7 +223,8 @@ def failed_runs(runs: pd.DataFrame) -> str:
 def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     text = f"{heading('figures')}\n\n"
     text += (f"{heading('accuracy')}\n\nAccuracy on iid_unseen and on ood, and distance error on iid_unseen. Bars: "
-             "mean over seeds; whiskers: 95 % Student-t interval; lines: baselines and the ceiling (mean over "
+             "mean over seeds; points: each seed; whiskers: the 95 % interval of the headline (clipped to 0–100 % "
+             "for accuracies; none with fewer than 3 seeds); lines: baselines and the ceiling (mean over "
              "seeds).\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
     lag_note = ("All positions count in these figures, including the first k of a `lag_k` sequence, which no model can "
                 f"predict; see {link('memory')} for the predictable positions only.\n\n" if n.lag is not None else "")
@@ -206,23 +232,27 @@ def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
              f"ood (as in {link('ceiling')}; {FLAG}: below a trivial baseline).\n\n" + lag_note
              + figure(drawn, "families.png", "accuracy / ceiling per family"))
     text += (f"{heading('curves')}\n\nAccuracy and loss on the fixed validation set (the one model selection "
-             "and early stopping read) against training tokens, mean over seeds, band min–max over seeds; the "
+             "and early stopping read) against training tokens, mean over seeds (thick) and each seed (thin); the "
              "dashed black line is the ceiling on the same set (mean over seeds), the dotted one 90 % of it.\n\n"
              + figure(drawn, "learning_curves.png", "learning curves"))
     text += (f"{heading('memory')}\n\nHow strongly the prediction of x_T (the value after the last input) depends "
              "on the input x_(T−k), k steps back (k = 1: the last input; a lag-k copy reads exactly k back), "
              "from `bench.analysis.memory_decay` on the final models: `gradient` "
              "is ‖∂logits/∂embedding‖ (the StableSSM paper's memory function), `perturbation` the "
-             "total-variation distance of the prediction when that token is replaced; mean over test "
-             "sequences and seeds, log scale.\n\n" + figure(drawn, "memory_decay.png", "memory-decay curves"))
+             "total-variation distance of the prediction when that token is replaced; mean over 256 uniform "
+             "random-token sequences (the same for every architecture) and seeds, log scale.\n\n"
+             + figure(drawn, "memory_decay.png", "memory-decay curves"))
     if "lag_accuracy.png" in drawn:
         text += ("Accuracy against lag k on the `lag_k` families, counting only the predictable positions "
                  "(position p ≥ k − 1 predicts x_{p+1} = x_{p+1−k}), weighted by predictions, on iid_unseen.\n\n"
                  + figure(drawn, "lag_accuracy.png", "accuracy against lag k"))
-    text += (f"{heading('size')}\n\nFinal runs' iid_unseen accuracy against parameters with the Pareto front "
-             f"({' → '.join(n.front) or '—'}); crosses: search trials' validation accuracy at the search "
-             "budget.\n\n" + figure(drawn, "pareto.png", "accuracy against parameters"))
-    text += f"{heading('importance')}\n\n" + figure(drawn, "importance.png", "hyperparameter importances")
+    text += (f"{heading('size')}\n\nLeft: final runs' iid_unseen test accuracy against parameters with the "
+             f"Pareto front ({' → '.join(n.front) or '—'}), the front read from final test accuracy only. Right, "
+             "in its own panel: the search trials' validation accuracy at the search budget.\n\n"
+             + figure(drawn, "pareto.png", "accuracy against parameters"))
+    text += (f"{heading('importance')}\n\nOptuna PED-ANOVA importances of each architecture's search, only where "
+             f"it completed at least {MIN_TRIALS} trials (fewer leave the top quantile one or two trials); each "
+             "panel's title gives its count.\n\n" + figure(drawn, "importance.png", "hyperparameter importances"))
     if n.importances and n.importance_notes:
         text += "Not shown: " + "; ".join(n.importance_notes) + ".\n\n"
     return text + section_cka(s, n, drawn)
@@ -284,12 +314,13 @@ def section_mutual(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     if n.mutual is None or not len(n.mutual):
         return head + "\nNo mutual-stage results stored.\n"
     table = md_table(["architecture", "alone: accuracy (%)", "jointly (%)", "gain (pp, 95 % CI over seeds)",
-                      "cells better/tied/worse", "p (bootstrap, Holm)", "verdict"], _mutual_rows(n))
+                      "cells better/tied/worse", "p (hierarchical, Holm)", "verdict"], _mutual_rows(n))
     failed = s.mutual_runs[s.mutual_runs["status"] != "ok"] if s.mutual_runs is not None else pd.DataFrame()
     note = (f"\nFailed joint runs: {', '.join(f'{r.arch} seed {r.seed} ({r.reason})' for r in failed.itertuples())}.\n"
             if len(failed) else "")
     return (head + "\n" + table + "\n\nThe gain's interval is over seeds (Student-t); the verdict tests the same "
-            "difference over (seed, family) cells with a paired bootstrap, Holm-corrected over architectures. "
+            "difference with the hierarchical paired test (per-sequence scores where stored, else (seed, family) "
+            "cells with the seed as unit), Holm-corrected over architectures. "
             "`mutual.weight=0` reproduces the independent runs exactly (tested), so any gain is the KL term's.\n"
             + _agreement(s) + note + "\n" + figure(drawn, "mutual.png", "Gain in iid_unseen accuracy from training "
                                                    "jointly, per architecture (mean over seeds, 95 % interval)."))
@@ -303,8 +334,9 @@ def render(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
     """The whole README: a title line with the best architecture and links to the sections, then each section."""
     keys = ["run", "headline", "ceiling", "pairs", "oeis", "figures", "findings",
             *(["mutual"] if has_mutual(s) else [])]
-    intro = (f"# Report: study `{s.name}`\n\n{first_line(s, n)}Generated by `{rebuild_command(s)}` on "
-             f"{dt.datetime.now(dt.UTC).date()} from the stored results in `{s.out_dir}` (nothing retrained). "
+    # no build date: the same stored tables give the same bytes (the study's own date is in section 1)
+    intro = (f"# Report: study `{s.name}`\n\n{first_line(s, n)}Generated by `{rebuild_command(s)}` "
+             f"from the stored results in `{s.out_dir}` (nothing retrained). "
              "Sections: " + " · ".join(link(k, title(k).lower()) for k in keys) + ".\n")
     sections = [intro, section_run(s), section_headline(s, n), section_ceiling(s, n), section_pairs(n),
                 section_oeis(s, n), section_figures(s, n, drawn), findings(s, n)]

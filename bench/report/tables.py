@@ -1,7 +1,15 @@
 """The analysis tables a report is drawn from, computed from the stored tables with pandas: the
-study-level summary over seeds, the paired (seed, phase, family) cells and the comparisons on them,
+study-level summary over seeds, the per-sequence scores of predictions.parquet (or, for studies
+collected before it, the (seed, phase, family) cells) and the comparisons on them with their
+verdicts (pairs, best / top group, per-family winners, rank stability across search replicates),
 lag recall, memory-decay reach, the accuracy–size Pareto front and the mutual-learning effect, each
-on one test split (iid_unseen unless named). `bench.report.numbers.compute` gathers them."""
+on one test split (iid_unseen unless named). `bench.report.numbers.compute` gathers them.
+
+Verdict rules: a pair is "<a> ahead" where its Holm-adjusted hierarchical p-value is below ALPHA,
+"equivalent" where the Holm-adjusted TOST p-value at the equivalence margin is, else "not
+separable"; "best" is the leader only where it is ahead of every other architecture, else the top
+group (the leader and every architecture it is not ahead of); a family has a winner only on the
+same rule within the family. E.g. leader 71 %, runner-up 70 % with p_holm 0.3: top group of two."""
 
 from __future__ import annotations
 
@@ -12,19 +20,23 @@ from typing import Any
 import pandas as pd
 
 from bench.report.load import ALL, PRIMARY, split_rows
-from bench.report.stats import ALPHA, RESAMPLES, holm, mean_ci, paired_bootstrap, sign_test
+from bench.report.stats import ALPHA, RESAMPLES, hierarchical_ci, holm, mean_ci, paired, sign_test
 
 REMEMBER = 0.10  # "remembers up to k": the decay curve is still above this fraction of its first value
 RECALL = 0.5  # "recalls lag k": accuracy on the predictable positions at least this
 LAG = re.compile(r"lag_(\d+)$")
+MARGIN = 0.01  # the default equivalence margin (config `equivalence_margin`): 1 pp of accuracy
 SIZE_COLUMNS = ("d_model", "num_layers", "d_state", "d_conv", "expand", "lr")
 
 
 def study_level(results: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, seed, split, length, metric) the score over a whole test split (phase <NA>, family
-    'all', position <NA>)."""
+    'all', position <NA>), the mean over search replicates where there are several: a seed is the
+    unit of a Student-t interval, never a (replicate, seed) pair (the hierarchical intervals of
+    `bench.report.stats` carry the replicates' share)."""
     top = results[results["phase"].isna() & (results["family"] == ALL) & results["position"].isna()]
-    return top[["arch", "seed", "split", "length", "metric", "value"]].reset_index(drop=True)
+    keys = ["arch", "seed", "split", "length", "metric"]
+    return top.groupby(keys, as_index=False, sort=False, dropna=False)["value"].mean()[[*keys, "value"]]
 
 
 def summarize(per_seed: pd.DataFrame, keys: tuple[str, ...] = ("arch", "metric")) -> pd.DataFrame:
@@ -34,45 +46,91 @@ def summarize(per_seed: pd.DataFrame, keys: tuple[str, ...] = ("arch", "metric")
 
 
 def family_cells(results: pd.DataFrame, metric: str = "accuracy", split: str = PRIMARY) -> pd.DataFrame:
-    """Per (arch, seed, phase, family) a family's score over all positions on one split: the paired cells."""
+    """Per (arch, seed, phase, family) a family's score over all positions on one split (the mean over
+    search replicates where there are several): the cells of the per-family tables, and the fallback
+    unit of the comparisons for studies without predictions.parquet."""
     rows = split_rows(results, split)
     rows = rows[rows["phase"].notna() & (rows["family"] != ALL) & rows["position"].isna() & (rows["metric"] == metric)]
-    return rows[["arch", "seed", "phase", "family", "value"]].reset_index(drop=True)
+    keys = ["arch", "seed", "phase", "family"]
+    return rows.groupby(keys, as_index=False, sort=False)["value"].mean()[[*keys, "value"]]
 
 
-def paired_comparisons(cells: pd.DataFrame, archs: list[str], resamples: int = RESAMPLES) -> pd.DataFrame:
-    """Every pair (a, b) of `archs` on the (seed, phase, family) cells both have: mean difference a − b,
-    its 95 % bootstrap interval, wins/ties/losses, bootstrap and sign-test p-values, each Holm-adjusted
-    over the pairs (p_holm, p_sign_holm), `significant` (bootstrap-Holm below ALPHA) and `separable`
-    (the conservative verdict: both Holm-adjusted tests below ALPHA). Each cell is the same test
-    sequences for both (the test set is fixed; seed s gives both the same training stream)."""
-    wide = cells.pivot_table(index=["seed", "phase", "family"], columns="arch", values="value")
+def sequence_scores(predictions: pd.DataFrame, split: str, metric: str = "correct",
+                    stage: str = "final") -> pd.DataFrame:
+    """arch, replicate, seed, family, sequence, value: per (arch, replicate, seed, family, sequence)
+    the mean over positions of `metric` (correct: accuracy) on one split of predictions.parquet, the
+    unit of the hierarchical statistics (`bench.report.stats`). A sequence is identified by its id and
+    its length (ids are unique within a length). E.g. a sequence of 7 scored positions, 5 right: 0.714."""
+    p = predictions[(predictions["split"] == split) & (predictions["stage"] == stage)]
+    p = p if "replicate" in p else p.assign(replicate=0)
+    key = p["sequence"].astype("int64") + p["length"].astype("int64") * (1 << 32)
+    g = p.assign(sequence=key, value=p[metric].astype(float)).groupby(
+        ["arch", "replicate", "seed", "family", "sequence"], as_index=False, observed=True)["value"].mean()
+    return g
+
+
+def cell_scores(cells: pd.DataFrame) -> pd.DataFrame:
+    """The fallback without predictions.parquet: each (phase, family) cell of `family_cells` is its
+    own stratum (families are fixed, not sampled) holding one 'sequence', so the crossed construction
+    reduces to a Student-t over the seeds' (equally) cell-weighted means: the unit is the seed, never
+    the cell (27 cells of 3 seeds are 3 observations), and the sequences' share of the variance cannot
+    be estimated (the report says so)."""
+    c = cells if "replicate" in cells else cells.assign(replicate=0)
+    return c.assign(family=c["phase"].astype(str) + "/" + c["family"].astype(str), sequence=0)[
+        ["arch", "replicate", "seed", "family", "sequence", "value"]]
+
+
+PAIR_COLUMNS = ["a", "b", "seeds", "replicates", "sequences", "diff", "lo", "hi", "df", "p", "p_tost", "wins",
+                "losses", "p_sign"]
+
+
+def paired_comparisons(scores: pd.DataFrame, archs: list[str], margin: float = MARGIN,
+                       resamples: int = RESAMPLES) -> pd.DataFrame:
+    """Every pair (a, b) of `archs` on the per-sequence scores both have (`sequence_scores`, or
+    `cell_scores` as the fallback): difference a − b, its hierarchical 95 % interval (lo, hi; NaN
+    below 3 seeds), Satterthwaite df, p (two-sided), p_tost (equivalence within ±margin), each
+    Holm-adjusted over the pairs (p_holm, p_tost_holm), `significant`/`separable` (p_holm < ALPHA),
+    `equivalent` (p_tost_holm < ALPHA) and the pair's `verdict` ("a ahead", "b ahead", "equivalent",
+    "not separable"). wins/losses/p_sign: the sign test over (seed, sequence) differences, a
+    robustness column only (it ignores the crossed structure)."""
+    by = {a: g for a, g in scores.groupby("arch")}
     rows = []
     for i, a in enumerate(archs):
         for b in archs[i + 1:]:
-            if a not in wide or b not in wide:
+            if a not in by or b not in by:
                 continue
-            d = (wide[a] - wide[b]).dropna().to_numpy()
-            if not len(d):
+            est, p_tost = paired(by[a], by[b], margin, resamples=resamples)
+            if not est.sequences:
                 continue
-            p, lo, hi = paired_bootstrap(d, resamples)
+            keys = [k for k in ("replicate", "seed", "family", "sequence") if k in by[a] and k in by[b]]
+            d = by[a].merge(by[b], on=keys)
+            d = (d["value_x"] - d["value_y"]).to_numpy()
             wins, losses = int((d > 0).sum()), int((d < 0).sum())
-            rows.append({"a": a, "b": b, "cells": len(d), "diff": float(d.mean()), "lo": lo, "hi": hi, "wins": wins,
-                         "ties": len(d) - wins - losses, "losses": losses, "p_boot": p,
-                         "p_sign": sign_test(wins, losses)})
-    table = _holm_columns(pd.DataFrame(rows, columns=["a", "b", "cells", "diff", "lo", "hi", "wins", "ties", "losses",
-                                                      "p_boot", "p_sign"]))
-    table["p_sign_holm"] = holm(table["p_sign"].tolist()) if len(table) else []
-    table["separable"] = table["significant"] & (table["p_sign_holm"] < ALPHA)
+            rows.append([a, b, est.seeds, est.replicates, est.sequences, est.mean, est.lo, est.hi, est.df, est.p,
+                         p_tost, wins, losses, sign_test(wins, losses)])
+    table = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    table["p_holm"] = holm(table["p"].tolist())
+    table["p_tost_holm"] = holm(table["p_tost"].tolist())
+    table["significant"] = table["separable"] = table["p_holm"] < ALPHA
+    table["equivalent"] = table["p_tost_holm"] < ALPHA
+    table["verdict"] = [pair_verdict(r) for r in table.itertuples()]
     return table
 
 
+def pair_verdict(row: Any) -> str:
+    """'<a> ahead' / '<b> ahead' where the Holm-adjusted test says so, else 'equivalent' where the
+    Holm-adjusted TOST does, else 'not separable' (no interval: always 'not separable')."""
+    if row.significant:
+        return f"{row.a if row.diff > 0 else row.b} ahead"
+    return "equivalent" if row.equivalent else "not separable"
+
+
 def verdict(order: list[str], pairs: pd.DataFrame) -> tuple[str | None, list[str]]:
-    """(best, top group): `best` is the leader of `order` only where it is separably ahead
-    (`paired_comparisons`' conservative test) of every other architecture; otherwise None, and the
-    top group is the leader with every architecture it is not separably ahead of (no shared cells:
-    not separable); a lone architecture is never 'best'. E.g. order [a, b, c] with only a − c
-    separable: (None, [a, b])."""
+    """(best, top group): `best` is the leader of `order` only where it is significantly ahead
+    (`paired_comparisons`' Holm-adjusted test) of every other architecture; otherwise None, and the
+    top group is the leader with every architecture it is not significantly ahead of (no shared
+    sequences: not separable); a lone architecture is never 'best'. E.g. order [a, b, c] with only
+    a − c significant: (None, [a, b])."""
     if not order:
         return None, []
     leader, group = order[0], [order[0]]
@@ -82,18 +140,46 @@ def verdict(order: list[str], pairs: pd.DataFrame) -> tuple[str | None, list[str
     return (leader if len(group) == 1 < len(order) else None), group
 
 
-def _holm_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """Add p_holm (Holm over the table's rows) and significant (p_holm < ALPHA)."""
-    table["p_holm"] = holm(table["p_boot"].tolist()) if len(table) else []
-    table["significant"] = table["p_holm"] < ALPHA
-    return table
+def family_winners(scores: pd.DataFrame, archs: list[str], margin: float = MARGIN,
+                   resamples: int = RESAMPLES) -> pd.DataFrame:
+    """family, leader (highest mean), winner (the leader where it is significantly ahead of every
+    other architecture on that family, Holm over the family's pairs; else None), group (the
+    leader's top group, comma-joined). Ties are not wins: e.g. 0.71 vs 0.70 on 3 seeds: no winner."""
+    rows = []
+    for family, g in scores.groupby("family", sort=False):
+        means = g.groupby("arch")["value"].mean()
+        order = sorted((a for a in archs if a in means.index), key=lambda a: (-means[a], a))
+        if not order:
+            continue
+        best, group = verdict(order, paired_comparisons(g, order, margin, resamples))
+        rows.append((family, order[0], best, ", ".join(group)))
+    return pd.DataFrame(rows, columns=["family", "leader", "winner", "group"])
 
 
-def mutual_effect(results: pd.DataFrame, mutual: pd.DataFrame, resamples: int = RESAMPLES) -> pd.DataFrame:
+def rank_stability(scores: pd.DataFrame, archs: list[str], margin: float = MARGIN,
+                   resamples: int = RESAMPLES) -> pd.DataFrame:
+    """Per (arch, replicate): the replicate's mean score, the arch's rank in it (1 = highest) and
+    whether it is in that replicate's top group (`verdict` on the replicate's own paired tests, its
+    seeds the units); `share_top` per arch: the share of replicates whose top group holds it. E.g.
+    ranks 1, 2, 1 over three replicates, always in the top group: share_top 1.0."""
+    rows = []
+    for replicate, g in scores.groupby("replicate"):
+        means = g.groupby("arch")["value"].mean()
+        order = sorted((a for a in archs if a in means.index), key=lambda a: (-means[a], a))
+        _, top = verdict(order, paired_comparisons(g, order, margin, resamples))
+        rows += [(a, int(replicate), float(means[a]), rank, a in top) for rank, a in enumerate(order, 1)]
+    table = pd.DataFrame(rows, columns=["arch", "replicate", "mean", "rank", "top"])
+    return table.assign(share_top=table.groupby("arch")["top"].transform("mean"))
+
+
+def mutual_effect(results: pd.DataFrame, mutual: pd.DataFrame, resamples: int = RESAMPLES,
+                  predictions: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per architecture: iid_unseen accuracy trained alone (the final stage) and jointly (the mutual stage),
-    and the gain joint − alone paired by seed (mean, 95 % Student-t half-width over seeds) and by
-    (seed, phase, family) cell (paired bootstrap p-value, Holm-corrected over architectures). Both
-    runs of a pair share the seed, hence the data stream, initialisation and test sequences."""
+    and the gain joint − alone paired by seed (mean, 95 % Student-t half-width over seeds) and its
+    p-value (Holm-corrected over architectures) from the hierarchical paired test of
+    `bench.report.stats` on per-sequence scores where `predictions` holds both stages, else on the
+    (seed, phase, family) cells (seed the unit). Both runs of a pair share the seed, hence the data
+    stream, initialisation and test sequences."""
     alone, joint = study_level(split_rows(results, PRIMARY)), study_level(split_rows(mutual, PRIMARY))
     cells = family_cells(results).merge(family_cells(mutual), on=["arch", "seed", "phase", "family"],
                                         suffixes=("_alone", "_joint"))
@@ -107,14 +193,26 @@ def mutual_effect(results: pd.DataFrame, mutual: pd.DataFrame, resamples: int = 
         gain, half, n = mean_ci(j[seeds].to_numpy() - a[seeds].to_numpy())
         c = cells[cells.arch == arch]
         d = (c["value_joint"] - c["value_alone"]).to_numpy()
-        p = paired_bootstrap(d, resamples)[0] if len(d) else float("nan")
+        p = _mutual_p(arch, c.assign(value=d), predictions, resamples) if len(d) else float("nan")
         rows.append({"arch": arch, "alone": float(a[seeds].mean()), "alone_half": mean_ci(a[seeds])[1],
                      "joint": float(j[seeds].mean()), "joint_half": mean_ci(j[seeds])[1], "gain": gain,
                      "half": half, "seeds": n, "cells": len(d), "wins": int((d > 0).sum()),
-                     "losses": int((d < 0).sum()), "p_boot": p})
+                     "losses": int((d < 0).sum()), "p": p})
     table = pd.DataFrame(rows, columns=["arch", "alone", "alone_half", "joint", "joint_half", "gain", "half", "seeds",
-                                        "cells", "wins", "losses", "p_boot"])
-    return _holm_columns(table)
+                                        "cells", "wins", "losses", "p"])
+    table["p_holm"] = holm(table["p"].tolist())
+    table["significant"] = table["p_holm"] < ALPHA
+    return table
+
+
+def _mutual_p(arch: str, cells: pd.DataFrame, predictions: pd.DataFrame | None, resamples: int) -> float:
+    """The p-value of joint − alone: on per-sequence scores of both stages where stored, else on cells."""
+    if predictions is not None and (predictions["stage"] == "mutual").any():
+        own = predictions[predictions["arch"] == arch]
+        joint, alone = (sequence_scores(own, PRIMARY, stage=st) for st in ("mutual", "final"))
+        if len(joint) and len(alone):
+            return paired(joint, alone, margin=MARGIN, resamples=resamples)[0].p
+    return hierarchical_ci(cell_scores(cells), resamples=resamples).p
 
 
 def mutual_verdict(row: Any) -> str:
@@ -152,13 +250,18 @@ def decay_means(decay: pd.DataFrame) -> pd.DataFrame:
 
 
 def decay_reach(curves: pd.DataFrame, variant: str = "perturbation", fraction: float = REMEMBER) -> dict[str, int]:
-    """Per arch the largest k at which the (mean) curve is still above `fraction` of its value at its smallest k."""
+    """Per arch the largest probed k such that the (mean) curve is at or above `fraction` of its value
+    at its smallest k for EVERY probed k' <= k: the first dip below ends the reach, a later recovery
+    does not extend it (a curve that is noise far back, or an LSTM whose lag recall is 1, does not
+    "reach" the end of the sequence). Example, fraction 0.1: values 1.0, 0.5, 0.05, 0.4 at k = 1, 2,
+    3, 4 reach k = 2. Architectures whose first value is not positive (or NaN) are left out."""
     reach = {}
     for arch, c in curves[curves["variant"] == variant].groupby("arch"):
         c = c.sort_values("k")
         first = float(c["value"].iloc[0])
         if first > 0:
-            reach[str(arch)] = int(c.loc[c["value"] >= fraction * first, "k"].max())
+            above = (c["value"] >= fraction * first).cummin()  # True up to the first dip (NaN counts as one)
+            reach[str(arch)] = int(c.loc[above, "k"].max())
     return reach
 
 

@@ -228,11 +228,13 @@ def unavailable() -> str:
 
     It runs the serial kernels on CPU tensors whatever the caller's default device (config validation
     builds models on the meta device) and thread count, so asking costs a cache load, not a compile
-    of the parallel kernels and a thread pool in a process that may never scan."""
+    of the parallel kernels and a thread pool in a process that may never scan. Gradients are on for
+    the probe whatever the caller's mode: a first scan under `torch.no_grad()` (an evaluation) must not
+    fail the backward check and send the whole process to the slower fallback."""
     global _probing
     _probing = True
     try:
-        with torch.device("cpu"):
+        with torch.device("cpu"), torch.enable_grad():
             _probe()
     except Exception as e:  # numba cannot compile here (no LLVM target, an unwritable and broken cache, ...)
         return f"the compiled CPU scan failed a test call ({type(e).__name__}: {first_line(e)})"
