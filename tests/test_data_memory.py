@@ -263,3 +263,16 @@ def test_next_distribution_is_prefix_mass_of_every_extension(region):
     assert lag1[0].tolist() == [[-math.log(256)] * 2] and lag1[1][0, :, 4].tolist() == [1.0, 1.0]
     long = get_family("lag_64").next_distribution(torch.full((1, 65), 3), "any")[0]
     assert long[0, -1].item() == pytest.approx(-64 * math.log(256))  # 256^-64: exact in log space
+
+
+def test_the_ceiling_scores_a_lags_predictable_positions_only():
+    """As every metric does (`Lag.scored`): no ceiling at positions p < k - 1 (NaN), and the mean over
+    positions is over the scored ones, 1.0 for a lag alone, not (L - k) / (L - 1)."""
+    from bench.data import ceiling
+
+    table = ceiling((4,), 40, ["lag_8"])
+    rows = table[table.family == "lag_8"]
+    early = rows[rows.position.notna() & (rows.position < 7)]
+    late = rows[rows.position.notna() & (rows.position >= 7)]
+    assert early.accuracy.isna().all() and (late.accuracy == 1).all()
+    assert rows[rows.position.isna()].accuracy.item() == 1

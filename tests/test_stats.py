@@ -236,3 +236,27 @@ def test_without_predictions_the_cells_are_strata_and_the_seed_the_unit():
     assert est.seeds == 3 and est.sequences == len(FAMILIES)
     # seed means 0.70, 0.71, 0.72: s = 0.01, the bootstrap's variance of the mean s²/3 up to resampling noise
     assert est.half == pytest.approx(t_quantile(2) * 0.01 / math.sqrt(3), rel=0.03)
+
+
+def _units(families: dict[str, tuple[float, int]], seeds: int = 4, sequences: int = 30) -> pd.DataFrame:
+    """Per-sequence scores with `n` scored positions: {family: (value, n)}, plus seed noise."""
+    rng = np.random.default_rng(0)
+    rows = [{"replicate": 0, "seed": s, "family": f, "sequence": q, "value": v + 0.01 * rng.standard_normal(), "n": n}
+            for f, (v, n) in families.items() for s in range(seeds) for q in range(sequences)]
+    return pd.DataFrame(rows)
+
+
+def test_families_weigh_by_their_scored_predictions_as_the_headline_pools_them():
+    """lag_1 at length 128 scores 127 positions per sequence, lag_64 64: the headline pools
+    predictions, so the interval's mean must weigh the families 127 : 64, not 1 : 1."""
+    frame = _units({"lag_1": (1.0, 127), "lag_64": (0.0, 64)})
+    pooled = 127 / (127 + 64)
+    assert hierarchical_ci(frame).mean == pytest.approx(pooled, abs=0.01)
+    assert hierarchical_ci(frame.drop(columns="n")).mean == pytest.approx(0.5, abs=0.01)  # rows only
+
+
+def test_a_unit_missing_from_one_family_is_left_out_not_a_crash():
+    frame = _units({"a": (0.5, 7), "b": (0.6, 7)})
+    gappy = frame[~((frame.family == "b") & (frame.seed == 3))]  # seed 3 has no rows of family b
+    est = hierarchical_ci(gappy)
+    assert est.seeds == 3 and math.isfinite(est.half)

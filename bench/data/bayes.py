@@ -339,10 +339,27 @@ def family_ceiling(bayes: Bayes, family: Family) -> dict[str, object]:
     plug_in = bayes.methods[family.name] == MONTE_CARLO
     seqs = draws(family, length, region, score_draws(mc_draws, not plug_in), seed, mc_draws if plug_in else 0)
     acc, loss = element_scores(predictor, seqs, None if plug_in else bayes.own(family))
+    scored = family.scored(seqs)
+    if not bool(scored.all()):  # e.g. a lag's first k values: no row at those positions, as in the results
+        return _scored_ceiling(acc, loss, scored)
     acc = torch.cat([acc, acc.mean(dim=1, keepdim=True)], dim=1)  # the last column: each row's mean
     loss = torch.cat([loss, loss.mean(dim=1, keepdim=True)], dim=1)
     se = acc.std(dim=0, correction=0) / math.sqrt(len(seqs))  # binomial sqrt(a(1-a)/n) for 0/1 scores
     return {"accuracy": acc.mean(0).numpy(), "loss": loss.mean(0).numpy(), "se": se.numpy(), "method": MONTE_CARLO}
+
+
+def _scored_ceiling(acc: torch.Tensor, loss: torch.Tensor, scored: torch.Tensor) -> dict[str, object]:
+    """`family_ceiling`'s columns from per-draw scores (n, L-1) where only `scored` positions count
+    (`Family.scored`), as every metric counts them: NaN at a position no draw scores, and the last
+    column the mean over the scored predictions (pooled, as the results' "all positions" rows)."""
+    w = scored.double()
+    per_pos = [torch.where(w.sum(0) > 0, (v.double() * w).sum(0) / w.sum(0), torch.nan) for v in (acc, loss)]
+    pooled = [(v.double() * w).sum() / w.sum() for v in (acc, loss)]
+    cols = [torch.cat([p, q.reshape(1)]).numpy() for p, q in zip(per_pos, pooled, strict=True)]
+    a = torch.cat([per_pos[0], pooled[0].reshape(1)])
+    n = torch.cat([w.sum(0), w.sum().reshape(1)])
+    se = torch.sqrt(a * (1 - a) / n.clamp(min=1))  # binomial, over the scored predictions
+    return {"accuracy": cols[0], "loss": cols[1], "se": se.numpy(), "method": MONTE_CARLO}
 
 
 def select(phases: Sequence[int], families: Sequence[Family | str] | None) -> tuple[Family, ...]:

@@ -9,8 +9,9 @@ Grid (`search.sampler=grid`): the *core grid* lr x d_model x num_layers (lr x nu
 iso sizing, where d_model is sized afterwards) is the same for every architecture. The knobs a
 mixer has beyond it (d_state, d_conv, expand) are assigned to the core points by a balanced design:
 each knob's values are tiled over the core points and shuffled, seeded by (search.seed, replicate,
-knob) but not by the architecture, so every value of a knob is used equally often (counts differ by
-at most one) and every mixer with that knob sees the same assignment. Every architecture therefore
+knob) but not by the architecture, so over the whole core grid every value of a knob is used equally
+often (counts differ by at most one; a subset, n_trials below the grid's size, holds whichever values
+its points carry) and every mixer with that knob sees the same assignment. Every architecture therefore
 trains exactly |core grid| trials (or the first n_trials points of the replicate's permutation of
 it). Example, the default grid (3 lr x 3 d_model x 2 num_layers = 18 points): mamba's 18 trials use
 each d_state of [8, 16, 32] 6 times and each d_conv of [2, 4] 9 times; the LSTM's 18 trials are the

@@ -200,9 +200,10 @@ class Stages:
         cfg = self.cfg
         for r in range(replicate):
             files = RunFiles(cfg.output_dir, arch, seed, "final", r)
-            if not files.run_json.exists() or best_params(cfg, self.storage, arch, r)[0] != params:
+            if not files.run_json.exists():
                 continue
-            if RunRecord.load(files.run_json).status == "ok":
+            done = RunRecord.load(files.run_json)
+            if done.status == "ok" and all(getattr(done, k) == v for k, v in params.items()):
                 return files
         return None
 

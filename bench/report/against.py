@@ -88,16 +88,16 @@ def family_ratios(results: pd.DataFrame, split: str) -> pd.DataFrame:
 
 def cell_sequences(results: pd.DataFrame, split: str, splits: pd.DataFrame | None = None) -> pd.Series:
     """Test sequences per (seed, family) on `split`: splits.parquet's n_sequences where stored, else
-    the family's scored predictions in results (n over all positions) / (length - 1)."""
+    the largest count of predictions at any one position in results (every sequence predicts once per
+    position; a position some family does not score has fewer rows)."""
     if splits is not None and len(splits) and "n_sequences" in splits:
         t = splits[splits["split"] == split]
         per = t.groupby(["seed", "family", "length"])["n_sequences"].sum()
         return per.groupby(level=["seed", "family"]).min().astype(float)
     rows = split_rows(results, split)
-    rows = rows[rows["phase"].notna() & (rows["family"] != ALL) & rows["position"].isna()
+    rows = rows[rows["phase"].notna() & (rows["family"] != ALL) & rows["position"].notna()
                 & (rows["metric"] == "accuracy")]
-    sequences = rows["n"].astype(float) / (rows["length"].astype(float) - 1)
-    return sequences.groupby([rows["seed"], rows["family"]]).max()
+    return rows["n"].astype(float).groupby([rows["seed"], rows["family"]]).max()
 
 
 def below_baselines(results: pd.DataFrame, archs: list[str], split: str,

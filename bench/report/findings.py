@@ -41,13 +41,14 @@ def _accuracy(n: Numbers) -> pd.DataFrame:
 
 
 def _leader_interval(n: Numbers) -> str:
-    """The leader's 95 % interval: the hierarchical one (seeds, replicates and sequences) where there
-    is one, else Student-t over seeds; below 3 seeds none ('n seeds, no interval')."""
+    """The leader's 95 % interval around its headline mean: the hierarchical half-width (seeds,
+    replicates and sequences) where there is one, else Student-t over seeds; below 3 seeds none
+    ('n seeds, no interval')."""
     acc = _accuracy(n).loc[n.order[0]]
     iv = n.intervals[(n.intervals.arch == n.order[0]) & (n.intervals.split == PRIMARY)] \
         if n.intervals is not None else pd.DataFrame()
-    lo, hi, half, seeds = (iv["lo"].iloc[0], iv["hi"].iloc[0], iv["half"].iloc[0], int(iv["seeds"].iloc[0])) \
-        if len(iv) else (acc["mean"] - acc["half"], acc["mean"] + acc["half"], acc["half"], int(acc["n"]))
+    half, seeds = (iv["half"].iloc[0], int(iv["seeds"].iloc[0])) if len(iv) else (acc["half"], int(acc["n"]))
+    lo, hi = acc["mean"] - half, acc["mean"] + half  # centred on the headline mean printed beside it
     if not np.isfinite(half):
         return f"{plural(seeds, 'seed')}, no interval"
     return f"95 % interval {pct(max(0.0, lo))}–{pct(min(1.0, hi))} over {plural(seeds, 'seed')}"

@@ -226,8 +226,8 @@ def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
              "mean over seeds; points: each seed; whiskers: the 95 % interval of the headline (clipped to 0–100 % "
              "for accuracies; none with fewer than 3 seeds); lines: baselines and the ceiling (mean over "
              "seeds).\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
-    lag_note = ("All positions count in these figures, including the first k of a `lag_k` sequence, which no model can "
-                f"predict; see {link('memory')} for the predictable positions only.\n\n" if n.lag is not None else "")
+    lag_note = ("Only the predictable positions of a `lag_k` sequence (from the k-th on) are scored: its first k "
+                "values are independent of everything before them (`Family.scored`).\n\n" if n.lag is not None else "")
     text += (f"{heading('families')}\n\nAccuracy as a percentage of the ceiling per family, on iid_unseen and on "
              f"ood (as in {link('ceiling')}; {FLAG}: below a trivial baseline).\n\n" + lag_note
              + figure(drawn, "families.png", "accuracy / ceiling per family"))

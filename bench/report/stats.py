@@ -223,11 +223,18 @@ class Interval:
 
 def blocks_of(frame: pd.DataFrame, value: str = "value") -> tuple[list[np.ndarray], np.ndarray]:
     """Per family the (R, N, M_f) array of `value` from a frame with the KEYS columns (replicate
-    optional), and the family weights (the family's share of the frame's rows: the headline's pooling).
-    Crossed design, complete cases: only seeds present in every replicate, and per family only the
-    sequences every (replicate, seed) has (on iid_unseen a sequence a seed trained on is not its)."""
+    optional), and the family weights (the family's share of the frame's scored predictions, column
+    `n`, else of its rows: the headline's pooling). Crossed design, complete cases: only seeds present
+    in every replicate and (replicate, seed) units present in every family, and per family only the
+    sequences every unit has (on iid_unseen a sequence a seed trained on is not its)."""
     f = frame if "replicate" in frame else frame.assign(replicate=0)
     reps = sorted(f["replicate"].unique())
+    per_seed = f.groupby("seed")["replicate"].nunique()
+    f = f[f["seed"].isin(per_seed[per_seed == len(reps)].index)]
+    units = f[["family", "replicate", "seed"]].drop_duplicates()
+    common = units.groupby(["replicate", "seed"])["family"].nunique() == units["family"].nunique()
+    keep = pd.MultiIndex.from_frame(f[["replicate", "seed"]]).isin(common[common].index)
+    f = f[keep]
     per_seed = f.groupby("seed")["replicate"].nunique()
     f = f[f["seed"].isin(per_seed[per_seed == len(reps)].index)]
     blocks, weights = [], []
@@ -238,7 +245,7 @@ def blocks_of(frame: pd.DataFrame, value: str = "value") -> tuple[list[np.ndarra
             continue
         R, N = len(reps), wide.shape[0] // len(reps)
         blocks.append(wide.to_numpy(dtype=float).reshape(R, N, wide.shape[1]))
-        weights.append(len(g))
+        weights.append(float(g["n"].sum()) if "n" in g else len(g))
     return blocks, np.asarray(weights, dtype=float)
 
 
@@ -278,7 +285,8 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, margin: float, value: str = "value"
     have (both arms on the same resamples: the construction runs on the paired differences), and the
     TOST p-value at `margin`."""
     keys = [k for k in KEYS if k in a and k in b]
-    d = a[[*keys, value]].merge(b[[*keys, value]], on=keys, suffixes=("_a", "_b"))
+    extra = ["n"] if "n" in a else []  # scored positions per sequence: the same for both arms
+    d = a[[*keys, value, *extra]].merge(b[[*keys, value]], on=keys, suffixes=("_a", "_b"))
     d = d.assign(value=d[f"{value}_a"] - d[f"{value}_b"])
     est = hierarchical_ci(d, "value", resamples=resamples, seed=seed)
     return est, tost(est, margin)

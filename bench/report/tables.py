@@ -60,13 +60,15 @@ def sequence_scores(predictions: pd.DataFrame, split: str, metric: str = "correc
     """arch, replicate, seed, family, sequence, value: per (arch, replicate, seed, family, sequence)
     the mean over positions of `metric` (correct: accuracy) on one split of predictions.parquet, the
     unit of the hierarchical statistics (`bench.report.stats`). A sequence is identified by its id and
-    its length (ids are unique within a length). E.g. a sequence of 7 scored positions, 5 right: 0.714."""
+    its length (ids are unique within a length); `n` is its number of scored positions, which weighs
+    its family as the headline's pooling over predictions does (a lag_1 sequence of length 128 scores
+    127 positions, a lag_64 one 64). E.g. a sequence of 7 scored positions, 5 right: 0.714, n 7."""
     p = predictions[(predictions["split"] == split) & (predictions["stage"] == stage)]
     p = p if "replicate" in p else p.assign(replicate=0)
     key = p["sequence"].astype("int64") + p["length"].astype("int64") * (1 << 32)
-    g = p.assign(sequence=key, value=p[metric].astype(float)).groupby(
-        ["arch", "replicate", "seed", "family", "sequence"], as_index=False, observed=True)["value"].mean()
-    return g
+    return p.assign(sequence=key, value=p[metric].astype(float)).groupby(
+        ["arch", "replicate", "seed", "family", "sequence"], as_index=False, observed=True).agg(
+        value=("value", "mean"), n=("value", "size"))
 
 
 def cell_scores(cells: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +95,7 @@ def paired_comparisons(scores: pd.DataFrame, archs: list[str], margin: float = M
     `equivalent` (p_tost_holm < ALPHA) and the pair's `verdict` ("a ahead", "b ahead", "equivalent",
     "not separable"). wins/losses/p_sign: the sign test over (seed, sequence) differences, a
     robustness column only (it ignores the crossed structure)."""
-    by = {a: g for a, g in scores.groupby("arch")}
+    by = {a: g for a, g in scores.groupby("arch", observed=True)}
     rows = []
     for i, a in enumerate(archs):
         for b in archs[i + 1:]:
@@ -147,7 +149,7 @@ def family_winners(scores: pd.DataFrame, archs: list[str], margin: float = MARGI
     leader's top group, comma-joined). Ties are not wins: e.g. 0.71 vs 0.70 on 3 seeds: no winner."""
     rows = []
     for family, g in scores.groupby("family", sort=False):
-        means = g.groupby("arch")["value"].mean()
+        means = g.groupby("arch", observed=True)["value"].mean()
         order = sorted((a for a in archs if a in means.index), key=lambda a: (-means[a], a))
         if not order:
             continue
@@ -164,12 +166,12 @@ def rank_stability(scores: pd.DataFrame, archs: list[str], margin: float = MARGI
     ranks 1, 2, 1 over three replicates, always in the top group: share_top 1.0."""
     rows = []
     for replicate, g in scores.groupby("replicate"):
-        means = g.groupby("arch")["value"].mean()
+        means = g.groupby("arch", observed=True)["value"].mean()
         order = sorted((a for a in archs if a in means.index), key=lambda a: (-means[a], a))
         _, top = verdict(order, paired_comparisons(g, order, margin, resamples))
         rows += [(a, int(replicate), float(means[a]), rank, a in top) for rank, a in enumerate(order, 1)]
     table = pd.DataFrame(rows, columns=["arch", "replicate", "mean", "rank", "top"])
-    return table.assign(share_top=table.groupby("arch")["top"].transform("mean"))
+    return table.assign(share_top=table.groupby("arch", observed=True)["top"].transform("mean"))
 
 
 def mutual_effect(results: pd.DataFrame, mutual: pd.DataFrame, resamples: int = RESAMPLES,
@@ -216,7 +218,8 @@ def _mutual_p(arch: str, cells: pd.DataFrame, predictions: pd.DataFrame | None, 
 
 
 def mutual_verdict(row: Any) -> str:
-    """'helps', 'hurts' or 'no detectable effect', from the Holm-corrected cell test."""
+    """'helps', 'hurts' or 'no detectable effect', from the Holm-corrected hierarchical paired test
+    (`mutual_effect`)."""
     if not row.significant:
         return "no detectable effect"
     return "helps" if row.gain > 0 else "hurts"
