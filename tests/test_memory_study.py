@@ -14,7 +14,7 @@ SIZES = {"d_model": 64, "num_layers": 2, "d_state": 16, "d_conv": 4, "expand": 2
 def test_memory_study_searches_only_the_learning_rate_per_architecture_on_a_grid():
     cfg = validate(compose_config(["study=memory"]))
     s = cfg.search
-    assert s.sampler == "grid" and s.pruner == "none" and s.replicates == 1
+    assert s.sampler == "grid" and s.pruner == "none" and s.replicates == 2  # search randomness in the intervals
     assert sorted(s.grid.lr) == [1e-3, 3e-3, 1e-2]
     assert all(list(getattr(s.grid, k)) == [v] for k, v in SIZES.items())  # sizes fixed: single-value lists
     assert all(getattr(cfg.model, k) == v for k, v in SIZES.items())
