@@ -37,7 +37,7 @@ from bench.experiment.collect import collect, inputs_digest, unchanged, write_ou
 from bench.experiment.config import Config, ConfigError, compose_config, study_names, to_yaml, validate
 from bench.experiment.context import resolve_device
 from bench.experiment.pool import mark_study_dir, run_workers
-from bench.experiment.provenance import meta
+from bench.experiment.provenance import git_commit, meta
 from bench.experiment.stages import StudyError, unwritable
 from bench.metrics import ALL, METRICS
 from bench.report.ablation import build_ablation_report
@@ -52,6 +52,7 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame] | None:
     """Run (or resume) both stages of `cfg`, then write its tables and report; None when only
     searching, or when the tables (and report) in place were built from these same inputs."""
     device = resolve_device(cfg.device)
+    commit = git_commit()  # the code that trains, read before it runs: files edited meanwhile do not count
     mark_study_dir(cfg)
     run_workers(cfg, device)
     if cfg.stage == "search":
@@ -66,7 +67,7 @@ def run_study(cfg: Config, command: str = "") -> dict[str, pd.DataFrame] | None:
         return None
     tables = collect(cfg)
     try:
-        write_outputs(cfg, tables, {**meta(cfg, command, device), "inputs": inputs})
+        write_outputs(cfg, tables, {**meta(cfg, command, device), "commit": commit, "inputs": inputs})
     except OSError as e:
         why = unwritable(cfg.output_dir) or first_line(e)
         raise StudyError(f"cannot write the tables into out_dir {cfg.output_dir} ({why}); every run is "

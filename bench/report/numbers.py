@@ -50,7 +50,7 @@ class Numbers:
     by_split: pd.DataFrame  # arch, split, length, metric, mean, half, n: every split and length
     ratios: pd.DataFrame  # arch, split, mean, half, n of accuracy / ceiling (iid_unseen and ood)
     tokens: pd.DataFrame  # arch, seed, fraction, tokens to reach the fraction of the validation ceiling
-    configs: pd.DataFrame  # per arch: sizes, lr, num_params (from its final runs)
+    configs: pd.DataFrame  # per arch: sizes, lr, num_params (from its final runs; replicate 0's)
     cells: pd.DataFrame  # paired (seed, phase, family) accuracy cells on iid_unseen
     pairs: pd.DataFrame  # paired_comparisons on iid_unseen (per-sequence scores, else cells: `unit`)
     pairs_ood: pd.DataFrame  # paired_comparisons on ood
@@ -72,6 +72,8 @@ class Numbers:
     cka: pd.DataFrame | None = None  # cka_means: layer × layer similarity, mean over seeds
     cka_floor: dict[str, float] | None = None  # cka_floors: what unrelated representations score
     mutual: pd.DataFrame | None = None  # mutual_effect: joint vs alone per architecture (iid_unseen)
+    # per (arch, replicate) the same columns as `configs`, where the replicates chose differently
+    replicate_configs: pd.DataFrame | None = None
     # the statistics' unit: "predictions" (per-sequence scores of predictions.parquet) or "cells" (the
     # (seed, phase, family) cells of results.parquet: studies collected before predictions were stored)
     unit: str = "cells"
@@ -103,7 +105,11 @@ def compute(s: Stored, storage_url: str | None = None, resamples: int = RESAMPLE
         by_split = _hierarchical_halves(by_split, hierarchical["intervals"])
         summary = by_split[by_split.split == PRIMARY].drop(columns=["split", "length"]).reset_index(drop=True)
     ok = s.runs[s.runs["status"] == "ok"] if "status" in s.runs else s.runs
-    configs = ok.groupby("arch")[[c for c in (*SIZE_COLUMNS, "num_params") if c in ok]].first()
+    columns = [c for c in (*SIZE_COLUMNS, "num_params") if c in ok]
+    configs = ok.sort_values("replicate").groupby("arch")[columns].first() if "replicate" in ok \
+        else ok.groupby("arch")[columns].first()
+    by_rep = ok.groupby(["arch", "replicate"])[columns].first() if "replicate" in ok else None
+    differ = by_rep is not None and (by_rep.groupby(level="arch").nunique(dropna=True) > 1).any().any()
     cells = family_cells(s.results)
     family_acc = {sp: _ordered(family_cells(s.results, split=sp).pivot_table(
         index="arch", columns="family", values="value", aggfunc="mean"), order, s.family_names)
@@ -120,6 +126,7 @@ def compute(s: Stored, storage_url: str | None = None, resamples: int = RESAMPLE
     return Numbers(order=order, summary=summary, by_split=by_split,
                    ratios=_ratio_halves(against.ceiling_ratios(s.results), by_split, unit),
                    tokens=against.tokens_to_ceiling(s.history, s.ceiling, s.runs), configs=configs, cells=cells,
+                   replicate_configs=by_rep if differ else None,
                    pairs=pairs, pairs_ood=paired_comparisons(scores["ood"], order, margin, resamples),
                    best=best, top=top, families=families, family_acc=family_acc,
                    family_ratio={sp: _ordered(against.family_ratios(s.results, sp), order, s.family_names)

@@ -148,14 +148,25 @@ def _ratio_cell(n: Numbers, arch: str, split: str) -> str:
     return f"{100 * r['mean']:.1f}" if is_baseline(arch) else fmt_ci(r["mean"], r["half"], int(r["n"]), 100)
 
 
+def _per_replicate(n: Numbers, arch: str, column: str, text: str) -> str:
+    """`text` (replicate 0's value), or every replicate's value "r0 / r1 / ..." where they differ."""
+    reps = n.replicate_configs
+    if reps is None or arch not in reps.index.get_level_values("arch") or column not in reps:
+        return text
+    values = reps.loc[arch][column]
+    shown = [f"{int(v):,}" if column == "num_params" else fmt_size(v, column) for v in values]
+    return " / ".join(shown) if len(set(shown)) > 1 else text
+
+
 def _headline_row(arch: str, n: Numbers, size_cols: list[str], lengths: list[int]) -> list[str]:
     """One row of the headline table: sizes, parameters, the split scores, tokens to the ceiling, seeds."""
     base = is_baseline(arch)
     cfg_row = n.configs.loc[arch] if arch in n.configs.index else None
     cells = [label(arch)]
-    cells += ["—" if base or cfg_row is None else fmt_size(cfg_row[c], c) for c in size_cols]
+    cells += ["—" if base or cfg_row is None else _per_replicate(n, arch, c, fmt_size(cfg_row[c], c))
+              for c in size_cols]
     no_size = base or cfg_row is None or "num_params" not in cfg_row
-    cells.append("—" if no_size else f"{int(cfg_row['num_params']):,}")
+    cells.append("—" if no_size else _per_replicate(n, arch, "num_params", f"{int(cfg_row['num_params']):,}"))
     cells += [_cell(n, arch, PRIMARY), _ratio_cell(n, arch, PRIMARY), _cell(n, arch, "ood"),
               _ratio_cell(n, arch, "ood"), *(_cell(n, arch, "length", length=L) for L in lengths)]
     cells += ["—" if base else tokens_text(n.tokens, arch, f) for f in FRACTIONS]
@@ -205,6 +216,9 @@ def section_headline(s: Stored, n: Numbers) -> str:
             "predictions.parquet is stored; below 3 seeds no interval.\n\n" + md_table(header, rows) + "\n")
     if one:
         text += "\n(n=1): a single seed gives no interval.\n"
+    if n.replicate_configs is not None:
+        text += ("\nWhere the search replicates chose different configurations, a size cell lists each "
+                 "replicate's (r0 / r1 / ...); the scores pool every replicate's final runs.\n")
     return text + "<!-- /headline -->\n" + _other_metrics(n) + "\n" + failed_runs(s.runs)
 
 
@@ -227,7 +241,8 @@ def section_figures(s: Stored, n: Numbers, drawn: dict[str, str]) -> str:
              "for accuracies; none with fewer than 3 seeds); lines: baselines and the ceiling (mean over "
              "seeds).\n\n" + figure(drawn, "accuracy.png", "accuracy and distance error"))
     lag_note = ("Only the predictable positions of a `lag_k` sequence (from the k-th on) are scored: its first k "
-                "values are independent of everything before them (`Family.scored`).\n\n" if n.lag is not None else "")
+                "values are independent of everything before them (`Family.scored`); accuracy against k is in "
+                f"{link('memory')}.\n\n" if n.lag is not None else "")
     text += (f"{heading('families')}\n\nAccuracy as a percentage of the ceiling per family, on iid_unseen and on "
              f"ood (as in {link('ceiling')}; {FLAG}: below a trivial baseline).\n\n" + lag_note
              + figure(drawn, "families.png", "accuracy / ceiling per family"))

@@ -152,11 +152,12 @@ def crossed_variance(blocks: list[np.ndarray], weights: np.ndarray, resamples: i
     R, N = units.shape[-2:]
     mean = units.mean(axis=(-2, -1))
     terms, floors = [], []  # (signed term, df); the residuals' own shares
-    unit_terms = [(_boot_var(units.mean(axis=-2), resamples, rng), N - 1)]
+    seeds = _boot_var(units.mean(axis=-2), resamples, rng)
     if R > 1:
         rs = _residual_ms(units[..., None], (-3, -2))[0] / (R * N)
-        unit_terms += [(_boot_var(units.mean(axis=-1), resamples, rng), R - 1), (-rs, (R - 1) * (N - 1))]
-    terms += _truncated(unit_terms)
+        terms += _unit_terms(seeds, _boot_var(units.mean(axis=-1), resamples, rng), rs, R, N)
+    else:
+        terms.append((seeds, N - 1))
     for wf, b in zip(w, blocks, strict=True):
         M = b.shape[-1]
         if M < 2:
@@ -190,6 +191,20 @@ def _satterthwaite(terms: list[tuple[np.ndarray, int]], floors: list[tuple[np.nd
     low, low_df = total(floors)
     below = var < low
     return np.where(below, low, var), np.where(below, low_df, df)
+
+
+def _unit_terms(seeds: np.ndarray, reps: np.ndarray, rs: np.ndarray, R: int, N: int) -> list[tuple[np.ndarray, int]]:
+    """The (replicate, seed) units' share of V with each component truncated at 0 on its own:
+    sigma_s^2/N ~ seeds - rs, sigma_r^2/R ~ reps - rs, sigma_rs^2/(RN) ~ rs (seeds, reps, rs: the seed
+    means', replicate means' and interaction's mean squares over RN), so V_units = max(seeds, rs) +
+    max(reps, rs) - rs, never below the interaction's own rs. Truncating their sum instead would drop
+    the interaction whenever one replicate's seeds disagree with the other's (with 2 replicates MS_r has
+    one degree of freedom and is often below MS_rs): a sub-pp interval around a difference whose
+    per-seed values spread over 3 pp. Returned as Satterthwaite terms of the case that holds."""
+    s_up, r_up = seeds > rs, reps > rs
+    d = (R - 1) * (N - 1)
+    return [(np.where(s_up, seeds, 0.0), N - 1), (np.where(r_up, reps, 0.0), R - 1),
+            (np.where(s_up & r_up, -rs, np.where(~s_up & ~r_up, rs, 0.0)), d)]
 
 
 def _truncated(terms: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, int]]:
