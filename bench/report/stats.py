@@ -152,12 +152,14 @@ def crossed_variance(blocks: list[np.ndarray], weights: np.ndarray, resamples: i
     R, N = units.shape[-2:]
     mean = units.mean(axis=(-2, -1))
     terms, floors = [], []  # (signed term, df); the residuals' own shares
-    seeds = _boot_var(units.mean(axis=-2), resamples, rng)
-    if R > 1:
+    if R > 1 and N > 1:
         rs = _residual_ms(units[..., None], (-3, -2))[0] / (R * N)
-        terms += _unit_terms(seeds, _boot_var(units.mean(axis=-1), resamples, rng), rs, R, N)
+        terms += _unit_terms(_boot_var(units.mean(axis=-2), resamples, rng),
+                             _boot_var(units.mean(axis=-1), resamples, rng), rs, R, N)
+    elif R > 1:  # one seed: only the replicates vary (no interval is shown below MIN_SEEDS anyway)
+        terms.append((_boot_var(units.mean(axis=-1), resamples, rng), R - 1))
     else:
-        terms.append((seeds, N - 1))
+        terms.append((_boot_var(units.mean(axis=-2), resamples, rng), N - 1))
     for wf, b in zip(w, blocks, strict=True):
         M = b.shape[-1]
         if M < 2:
@@ -182,7 +184,7 @@ def _satterthwaite(terms: list[tuple[np.ndarray, int]], floors: list[tuple[np.nd
     different one: seed and sequence components 0, the variance not)."""
     def total(parts):
         var = sum(t for t, _ in parts) if parts else np.zeros_like(mean)
-        denom = sum(t**2 / d for t, d in parts) if parts else np.zeros_like(mean)
+        denom = sum((t**2 / d for t, d in parts if d > 0), np.zeros_like(mean))  # a 1-level factor: no term
         with np.errstate(divide="ignore", invalid="ignore"):
             df = np.where(denom > 0, np.maximum(var**2 / np.where(denom > 0, denom, 1), 1.0), np.inf)
         return np.asarray(var, dtype=float), df
