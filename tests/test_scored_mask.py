@@ -85,3 +85,18 @@ def test_loss_and_validation_ignore_unscored_positions():
     va = validation_scores(Fixed(base), test.seqs, 0.1, "linear", len(test), mask)
     vb = validation_scores(Fixed(noisy), test.seqs, 0.1, "linear", len(test), mask)
     assert va == vb and va["accuracy"] == 1
+
+
+def test_the_training_streams_mask_is_its_batchs_own_across_chunks():
+    """`TrainStream.scored_batch` computes the mask once per chunk: it must be each step's own
+    (`SequenceSet.scored` of that batch), None where every position counts (phase 2)."""
+    from bench.data.curriculum import Curriculum, TrainStream
+
+    for phases, length in (((2,), 8), ((4,), 128), ((5,), 128)):
+        stream = TrainStream(Curriculum(phases=phases), length, 16, 0, steps_per_epoch=10, chunk_batches=4)
+        for step in (0, 3, 5, 9, 2):  # across chunk boundaries and back
+            seqs, mask = stream.scored_batch(step)
+            want = stream.labelled_batch(step).scored()
+            assert torch.equal(seqs, stream.batch(step))
+            assert (mask is None) == (want is None) == (phases == (2,))
+            assert mask is None or torch.equal(mask, want)

@@ -193,6 +193,7 @@ class TrainStream:
         self.steps_per_epoch, self.chunk_batches = steps_per_epoch, chunk_batches
         self._chunk_index: int | None = None
         self._chunk: SequenceSet | None = None
+        self._chunk_scored: torch.Tensor | None = None  # the chunk's scored positions (None = all)
 
     def _make_chunk(self, chunk: int) -> SequenceSet:
         rows = torch.arange(self.chunk_batches * self.batch_size)
@@ -204,11 +205,21 @@ class TrainStream:
         """The batch of `step` with its family and phase labels."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")
-        chunk, k = divmod(step, self.chunk_batches)
+        rows = self._chunk_rows(step)
+        return SequenceSet(rows.seqs.clone(), rows.family.clone(), rows.phase.clone())  # callers own it
+
+    def _chunk_rows(self, step: int) -> SequenceSet:
+        """`step`'s rows of its chunk, the chunk made (with its scored positions) when first needed."""
+        chunk = step // self.chunk_batches
         if chunk != self._chunk_index:
             self._chunk, self._chunk_index = self._make_chunk(chunk), chunk
-        rows = self._chunk.subset(slice(k * self.batch_size, (k + 1) * self.batch_size))
-        return SequenceSet(rows.seqs.clone(), rows.family.clone(), rows.phase.clone())  # callers own it
+            self._chunk_scored = self._chunk.scored()
+        return self._chunk.subset(self._rows(step))
+
+    def _rows(self, step: int) -> slice:
+        """`step`'s rows within its chunk."""
+        k = step % self.chunk_batches
+        return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
     def batch(self, step: int) -> torch.Tensor:
         """LongTensor (batch_size, length) for `step`."""
@@ -216,9 +227,12 @@ class TrainStream:
 
     def scored_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch of `step` and the positions its loss scores (`SequenceSet.scored`; None = all):
-        what the training loop reads."""
-        rows = self.labelled_batch(step)
-        return rows.seqs, rows.scored()
+        what the training loop reads. The mask is computed once per chunk, not on every step."""
+        seqs = self.labelled_batch(step).seqs  # makes the step's chunk and its mask if need be
+        if self._chunk_scored is None:
+            return seqs, None
+        mask = self._chunk_scored[self._rows(step)]
+        return seqs, None if bool(mask.all()) else mask.clone()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Batches from step 0 on, without end."""
