@@ -47,11 +47,12 @@ def test_registry_lists_all_families_in_phase_order():
         "fibonacci_mod", "double_every_third", "floor_geometric", "ceil_geometric",
         "alternating_signs", "even_odd", "rule_switch",
         "lag_1", "lag_2", "lag_4", "lag_8", "lag_16", "lag_32", "lag_64",
-        "selective_copy_4", "selective_copy_8", "selective_copy_16", "mqar_4", "mqar_8", "mqar_16",
-        "noisy_recall_4", "noisy_recall_8", "noisy_recall_16", "variable_lag_8", "variable_lag_16", "variable_lag_32",
+        "selective_copy_2", "selective_copy_4", "selective_copy_8", "selective_copy_16",
+        "mqar_2", "mqar_4", "mqar_8", "mqar_16", "noisy_recall_2", "noisy_recall_4", "noisy_recall_8", "noisy_recall_16",
+        "variable_lag_4", "variable_lag_8", "variable_lag_16", "variable_lag_32",
     ]  # fmt: skip
     assert PHASES == (1, 2, 3, 4, 5)
-    assert [len(families(p)) for p in PHASES] == [3, 9, 7, 7, 12] and len(families()) == 38
+    assert [len(families(p)) for p in PHASES] == [3, 9, 7, 7, 16] and len(families()) == 42
     assert [f.phase for f in FAMILIES.values()] == sorted(f.phase for f in FAMILIES.values())
     assert {f.group for f in families(2)} == {"steps", "geometric", "periodic"}
     assert {f.group for f in families(3)} == {"composition", "transformation", "conditional"}

@@ -81,7 +81,7 @@ def test_phase_5_is_registered_after_the_lags():
     for fam in families(5):
         assert isinstance(fam, Mechanism) and fam.held_out_kind == "translation"
         assert "Held-out region (translation)" in type(fam).__doc__ and "Example" in type(fam).__doc__
-    assert [FAMILIES[n].min_length for n in NAMES] == [13, 25, 49, 16, 32, 64, 20, 36, 68, 16, 32, 64]
+    assert [FAMILIES[n].min_length for n in NAMES] == [7, 13, 25, 49, 8, 16, 32, 64, 12, 20, 36, 68, 8, 16, 32, 64]
     assert {f.group for f in families(5)} == {"copying", "recall", "lag"}
 
 

@@ -312,10 +312,10 @@ class VariableLag(Mechanism):
         return torch.where(ok, inputs.gather(1, src.clamp(0, max(t_len - 1, 0))), -1)
 
 
-SELECTIVE_COPY = (4, 8, 16)  # data tokens N
-MQAR = (4, 8, 16)  # key-value pairs N
-NOISY_RECALL = (4, 8, 16)
-VARIABLE_LAG = (8, 16, 32)  # largest lag K
+SELECTIVE_COPY = (2, 4, 8, 16)  # data tokens N
+MQAR = (2, 4, 8, 16)  # key-value pairs N
+NOISY_RECALL = (2, 4, 8, 16)
+VARIABLE_LAG = (4, 8, 16, 32)  # largest lag K
 
 
 def all_families() -> list[Mechanism]:
