@@ -40,7 +40,7 @@ from bench.experiment.pool import mark_study_dir, run_workers
 from bench.experiment.provenance import git_commit, meta
 from bench.experiment.stages import StudyError, unwritable
 from bench.metrics import ALL, METRICS
-from bench.report.ablation import build_ablation_report
+from bench.report.variants import build_variants_report
 from bench.util import first_line
 
 
@@ -142,10 +142,10 @@ def run_variants(cfg: Config, subs: dict[str, Config], command: str) -> Path | N
         print(f"study {cfg.name}: nothing changed since the last ablation report ({readme})")
         return None
     try:
-        readme = build_ablation_report(cfg.name, {v: s.output_dir for v, s in subs.items()}, cfg.report_path,
-                                       cfg.variants)
+        readme = build_variants_report(cfg.name, cfg.data.phases, cfg.output_dir, cfg.variants, cfg.report_path,
+                                       cfg.equivalence_margin, cfg.long_study)
     except Exception as e:  # the variants' tables are written: say so
-        raise ReportError(f"ablation report not written ({first_line(e)}); every variant's results are in "
+        raise ReportError(f"variants' report not written ({first_line(e)}); every variant's results are in "
                           f"{cfg.output_dir}/<variant>/") from e
     print(f"wrote {readme}", flush=True)
     return readme

@@ -6,7 +6,9 @@ figures from what `bench.run` stored in the study's `out_dir` (`bench.report.bui
 is retrained), then
 attaches it to the study's Optuna studies for optuna-dashboard unless `--no-publish`: the README and
 figures as artifacts of each `<study>/<arch>/final` study, the headline as the note of every study.
-The overrides are `bench.run`'s, so `out_dir=`/`storage=` find a study stored elsewhere.
+The overrides are `bench.run`'s, so `out_dir=`/`storage=` find a study stored elsewhere. A study with
+variants (an ablation, a mechanism study's widths) gets its one report over the variants' tables
+(`bench.report.variants`; nothing is attached to the dashboard: each variant's own report is).
 
 Bad input exits with code 2 and one `error: ...` line on stderr (as `bench.run`): an unknown
 study, a malformed override, a study with no stored results (naming the missing file), a stored
@@ -23,6 +25,8 @@ from bench.experiment.checks import check_writable_dir
 from bench.experiment.config import ConfigError, compose_config
 from bench.experiment.storage import optuna_names
 from bench.report import MissingResults, build_report
+from bench.report.load import ReportInputError
+from bench.report.variants import build_variants_report
 
 USAGE = """usage: python -m bench.report [study=<name>] [key=value ...] [--out DIR] [--no-publish]
 
@@ -60,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: list[str]) -> int:
     overrides, out, publish = parse(args)
     cfg = compose_config(overrides)
+    if cfg.variants:  # an ablation or a mechanism study: one report over its variants' tables
+        try:
+            readme = build_variants_report(cfg.name, cfg.data.phases, cfg.output_dir, cfg.variants, out or cfg.report_path,
+                                           cfg.equivalence_margin, cfg.long_study)
+        except ReportInputError as e:
+            raise ConfigError(f"study '{cfg.name}': {e}; run python -m bench.run study={cfg.name} first") from None
+        print(f"wrote {readme}")
+        return 0
     try:
         readme = build_report(cfg.output_dir, out or cfg.report_path,
                               storage_url=cfg.storage_url if publish else None, study_names=optuna_names(cfg))
