@@ -48,7 +48,8 @@ def test_registry_lists_all_families_in_phase_order():
         "alternating_signs", "even_odd", "rule_switch",
         "lag_1", "lag_2", "lag_4", "lag_8", "lag_16", "lag_32", "lag_64",
         "selective_copy_2", "selective_copy_4", "selective_copy_8", "selective_copy_16",
-        "mqar_2", "mqar_4", "mqar_8", "mqar_16", "noisy_recall_2", "noisy_recall_4", "noisy_recall_8", "noisy_recall_16",
+        "mqar_2", "mqar_4", "mqar_8", "mqar_16",
+        "noisy_recall_2", "noisy_recall_4", "noisy_recall_8", "noisy_recall_16",
         "variable_lag_4", "variable_lag_8", "variable_lag_16", "variable_lag_32",
     ]  # fmt: skip
     assert PHASES == (1, 2, 3, 4, 5)

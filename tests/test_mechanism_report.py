@@ -66,12 +66,14 @@ def test_the_report_tells_a_solved_ordering_from_a_tie(tmp_path):
     assert checks["solves", None].verdict == "reproduced"
     assert checks["order", "s4d"].verdict == "reproduced"
     assert checks["order", "sgconv"].verdict == "not reproduced" and "equivalent" in checks["order", "sgconv"].evidence
-    readme = build_mechanism_report("selective_copy", dirs, tmp_path / "report", long_study="selective_copy_long", resamples=FAST)
+    readme = build_mechanism_report("selective_copy", dirs, tmp_path / "report", long_study="selective_copy_long",
+                                    resamples=FAST)
     text = readme.read_text()
     assert "## Literature check" in text and "Table 1" in text and "**reproduced**" in text
     assert "lr 0.001 (grid bottom)" in text and "then 1000 steps x 64 sequences of length 32 on seeds 0, 1, 2" in text
     assert "study=selective_copy_long" in text and (tmp_path / "report" / FIGURE).stat().st_size > 0
-    again = build_mechanism_report("selective_copy", dirs, tmp_path / "again", long_study="selective_copy_long", resamples=FAST)
+    again = build_mechanism_report("selective_copy", dirs, tmp_path / "again", long_study="selective_copy_long",
+                                   resamples=FAST)
     assert again.read_text() == text  # byte-reproducible from the stored tables, figure included
     assert (tmp_path / "again" / FIGURE).read_bytes() == (tmp_path / "report" / FIGURE).read_bytes()
 
@@ -95,7 +97,8 @@ def test_growth_with_width_is_checked_between_the_narrowest_and_widest(tmp_path)
         ("transformer", 0.98), ("s4d", rising[d]), ("mamba", falling[d]), ("stable_ssm", 0.4), ("sgconv", 0.4))}
     fams = ["mqar_2", "mqar_4"]
     w = load_widths(write_study(tmp_path, rates, families=fams))
-    checks = {(c.claim.kind, c.claim.a, c.claim.b): c.verdict for c in check_claims(claims_for(fams), w, resamples=FAST)}
+    checks = {(c.claim.kind, c.claim.a, c.claim.b): c.verdict
+              for c in check_claims(claims_for(fams), w, resamples=FAST)}
     assert checks["grows", "s4d", None] == "reproduced"
     assert checks["grows", "mamba", None] == "not reproduced"  # it falls
     assert checks["grows", "stable_ssm", None] == "inconclusive at this budget"  # flat, within sampling noise

@@ -66,7 +66,8 @@ def _report(args: list[str]) -> int:
     cfg = compose_config(overrides)
     if cfg.variants:  # an ablation or a mechanism study: one report over its variants' tables
         try:
-            readme = build_variants_report(cfg.name, cfg.data.phases, cfg.output_dir, cfg.variants, out or cfg.report_path,
+            readme = build_variants_report(cfg.name, cfg.data.phases, cfg.output_dir, cfg.variants,
+                                           out or cfg.report_path,
                                            cfg.equivalence_margin, cfg.long_study)
         except ReportInputError as e:
             raise ConfigError(f"study '{cfg.name}': {e}; run python -m bench.run study={cfg.name} first") from None

@@ -146,9 +146,11 @@ def build_mechanism_report(study: str, variant_dirs: Mapping[str, Path], report_
     report_dir.mkdir(parents=True, exist_ok=True)
     figure(acc, w.runs, families, report_dir / FIGURE)
     described = "\n".join(f"- `{v}`: {', '.join(f'`{o}`' for o in (variants or {}).get(v, [])) or 'as the study'} "
-                          f"(its tables, and its own report when the run wrote one, in `{Path(variant_dirs[v])}`)" for v in w.order)
+                          f"(its tables, and its own report when the run wrote one, in `{Path(variant_dirs[v])}`)"
+                          for v in w.order)
     per_family = "\n\n".join(f"**{f}**\n\n{accuracy_markdown(acc, w.order, f)}" for f in [*families, POOLED])
-    verdicts = "\n".join(f"- {c.claim.text}: **{c.verdict}**" for c in checks) or "- no published claim covers these families"
+    verdicts = ("\n".join(f"- {c.claim.text}: **{c.verdict}**" for c in checks)
+                or "- no published claim covers these families")
     long_line = (f"The larger-scale version is `python -m bench.run study={long_study}` (a GPU or many workers)."
                  if long_study else "")
     ood_part = (f"\n\nOn `ood` (the first value from the held-out band 240..255), pooled:\n\n"

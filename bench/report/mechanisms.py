@@ -7,7 +7,8 @@ A mechanism study runs one variant per width (`d16`, `d32`, `d64`: each its own 
 seeds, data streams and test sequences). This report reads their stored tables only: runs.parquet
 (each final run's `state_size`, its mixer's `bench.models` count of the floats carried from one
 step to the next at the study's length, and its learning rate), predictions.parquet (one row per
-scored answer), trials.parquet (wall time) and config.yaml (budget, seeds, the lr grid). Every score is accuracy on the scored positions
+scored answer), trials.parquet (wall time) and config.yaml (budget, seeds, the lr grid). Every
+score is accuracy on the scored positions
 of `iid_unseen` test sequences (never drawn in training; the ceiling there is 100 %), pooled over a
 family's answers, with the crossed replicate x seed x sequence interval of `bench.report.stats`.
 
@@ -132,7 +133,8 @@ def _pairs(c: Claim, w: Widths) -> list[tuple[str, str, str]]:
     return []
 
 
-def _tests(claims: list[Claim], w: Widths, margin: float, resamples: int) -> dict[tuple[int, str], tuple[Interval, float]]:
+def _tests(claims: list[Claim], w: Widths, margin: float,
+           resamples: int) -> dict[tuple[int, str], tuple[Interval, float]]:
     """The paired estimates every ordered claim needs, keyed by (claim index, width label): a − b at
     one width (order), or a at the widest minus a at the narrowest (grows: the same seeds, data streams
     and test sequences at every width, so the pairing holds)."""
