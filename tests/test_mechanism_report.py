@@ -45,6 +45,8 @@ def write_study(root, rates, seeds=(0, 1, 2), answers=4, sequences=60, families=
         pd.DataFrame(runs).to_parquet(folder / "runs.parquet")
         pd.DataFrame({"wall_s": [30.0] * len(runs)}).to_parquet(folder / "trials.parquet")
         (folder / "config.yaml").write_text(CONFIG)
+        (folder / "meta.yaml").write_text(f"command: python -m bench.run study=selective_copy\ncommit: abc{d}\n"
+                                          f"date: '2026-12-01'\nmachine: test\n")
         dirs[variant] = folder
     return dirs
 
@@ -71,6 +73,7 @@ def test_the_report_tells_a_solved_ordering_from_a_tie(tmp_path):
     text = readme.read_text()
     assert "## Literature check" in text and "Table 1" in text and "**reproduced**" in text
     assert "lr 0.001 (grid bottom)" in text and "then 1000 steps x 64 sequences of length 32 on seeds 0, 1, 2" in text
+    assert "Run by `python -m bench.run study=selective_copy` (d16: commit `abc16`" in text
     assert "study=selective_copy_long" in text and (tmp_path / "report" / FIGURE).stat().st_size > 0
     again = build_mechanism_report("selective_copy", dirs, tmp_path / "again", long_study="selective_copy_long",
                                    resamples=FAST)
@@ -146,3 +149,24 @@ def test_the_variants_report_of_a_mechanism_study_is_the_mechanism_report(tmp_pa
     text = build_variants_report(cfg.name, cfg.data.phases, cfg.output_dir, cfg.variants, tmp_path / "report",
                                  cfg.equivalence_margin, cfg.long_study).read_text()
     assert text.startswith("# Mechanism study: selective_copy") and "accuracy_vs_state.png" in text
+
+
+@pytest.mark.slow
+def test_a_mechanism_study_ends_with_its_report_and_bench_report_rebuilds_it(tmp_path, capsys):
+    from bench.report.__main__ import main as report_main
+    from bench.run import main as run_main
+
+    out, tiny = tmp_path / "study", ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4",
+                                     "data.val_size=8", "data.val_fixed_size=8", "search.n_trials=1", "search.steps=6",
+                                     "progress=false", "workers=1", "tracking=none", "archs=[mamba,s4d,sgconv]",
+                                     "seeds=[0,1,2]"]
+    assert run_main(["study=selective_copy", *tiny, f"out_dir={out}"]) == 0
+    readme = out / "report" / "README.md"
+    text = readme.read_text()
+    assert text.startswith("# Mechanism study: selective_copy") and "## Literature check" in text
+    assert all((out / v / "report" / "README.md").is_file() for v in ("d16", "d32", "d64"))  # each width's own
+    runs = pd.concat(pd.read_parquet(out / v / "runs.parquet").assign(v=v) for v in ("d16", "d32", "d64"))
+    assert runs.groupby("v").d_model.unique().map(list).to_dict() == {"d16": [16], "d32": [32], "d64": [64]}
+    assert report_main(["study=selective_copy", f"out_dir={out}", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "README.md").read_text() == text
+    assert (tmp_path / "again" / FIGURE).read_bytes() == (out / "report" / FIGURE).read_bytes()

@@ -110,6 +110,17 @@ def setup_markdown(w: Widths) -> str:
     return "\n".join(lines)
 
 
+def provenance_line(w: Widths) -> str:
+    """The command and, per width, the commit and date of its run (meta.yaml)."""
+    commands = sorted({str(m.get("command")) for m in w.meta.values() if m.get("command")})
+    runs = "; ".join(f"{v}: commit `{w.meta[v].get('commit', '?')}`, {w.meta[v].get('date', '?')}"
+                     for v in w.order if w.meta.get(v))
+    machine = next((m["machine"] for m in w.meta.values() if m.get("machine")), None)
+    if not commands:
+        return "No meta.yaml stored: the command and commit are unknown."
+    return (f"Run by `{'`, `'.join(commands)}` ({runs}" + (f"; {machine}" if machine else "") + ").")
+
+
 def budget_line(w: Widths) -> str:
     """The budget of the narrowest width (every width shares it but d_model)."""
     c = w.configs[w.order[0]]
@@ -192,6 +203,8 @@ the accuracy on the answers; the pooled panel pools the study's families.
 
 Widths (each its own study, same data, seeds, test sequences and budget):
 {described}
+
+{provenance_line(w)}
 
 {budget_line(w)}
 

@@ -7,7 +7,8 @@ A mechanism study runs one variant per width (`d16`, `d32`, `d64`: each its own 
 seeds, data streams and test sequences). This report reads their stored tables only: runs.parquet
 (each final run's `state_size`, its mixer's `bench.models` count of the floats carried from one
 step to the next at the study's length, and its learning rate), predictions.parquet (one row per
-scored answer), trials.parquet (wall time) and config.yaml (budget, seeds, the lr grid). Every
+scored answer), trials.parquet (wall time), config.yaml (budget, seeds, the lr grid) and meta.yaml
+(command, commit). Every
 score is accuracy on the scored positions
 of `iid_unseen` test sequences (never drawn in training; the ceiling there is 100 %), pooled over a
 family's answers, with the crossed replicate x seed x sequence interval of `bench.report.stats`.
@@ -59,18 +60,20 @@ class Widths:
     cost_s: float  # summed wall time of every search and final run
     order: list[str]  # variants, narrowest first
     configs: dict[str, dict]  # variant -> its config.yaml (budget, seeds, lr grid)
+    meta: dict[str, dict]  # variant -> its meta.yaml (command, commit, date, machine)
 
 
 def load_widths(variant_dirs: Mapping[str, Path]) -> Widths:
     """Every variant's runs.parquet, predictions.parquet and trials.parquet; ReportInputError naming
     a missing table."""
-    runs, scores, ood, cost, configs = [], [], [], 0.0, {}
+    runs, scores, ood, cost, configs, meta = [], [], [], 0.0, {}, {}
     for variant, folder in variant_dirs.items():
         folder = Path(folder)
         for name in ("runs.parquet", "predictions.parquet", "trials.parquet", "config.yaml"):
             if not (folder / name).is_file():
                 raise ReportInputError(f"variant {variant}: {folder / name} is missing (run the study first)")
         configs[variant] = yaml.safe_load((folder / "config.yaml").read_text())
+        meta[variant] = yaml.safe_load((folder / "meta.yaml").read_text()) if (folder / "meta.yaml").is_file() else {}
         r = pd.read_parquet(folder / "runs.parquet")
         r = r[(r["stage"] == "final") & (r["status"] == "ok")]
         runs.append(r.groupby("arch", as_index=False).agg(state_size=("state_size", "first"), lr=("lr", "first"),
@@ -82,7 +85,7 @@ def load_widths(variant_dirs: Mapping[str, Path]) -> Widths:
     runs_t = pd.concat(runs, ignore_index=True)
     order = runs_t.groupby("variant")["d_model"].max().sort_values(kind="stable").index.tolist()
     return Widths(runs_t, pd.concat(scores, ignore_index=True), pd.concat(ood, ignore_index=True), cost, order,
-                  configs)
+                  configs, meta)
 
 
 def accuracy_table(scores: pd.DataFrame, families: list[str], resamples: int = RESAMPLES) -> pd.DataFrame:
