@@ -156,10 +156,10 @@ def test_a_mechanism_study_ends_with_its_report_and_bench_report_rebuilds_it(tmp
     from bench.report.__main__ import main as report_main
     from bench.run import main as run_main
 
-    out, tiny = tmp_path / "study", ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4",
-                                     "data.val_size=8", "data.val_fixed_size=8", "search.n_trials=1", "search.steps=6",
-                                     "progress=false", "workers=1", "tracking=none", "archs=[mamba,s4d,sgconv]",
-                                     "seeds=[0,1,2]"]
+    out = tmp_path / "study"
+    tiny = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
+            "data.val_fixed_size=8", "search.n_trials=1", "search.steps=6", "progress=false", "workers=1",
+            "tracking=none", "archs=[mamba,s4d,sgconv]", "seeds=[0,1,2]"]
     assert run_main(["study=selective_copy", *tiny, f"out_dir={out}"]) == 0
     readme = out / "report" / "README.md"
     text = readme.read_text()

@@ -16,6 +16,7 @@ from bench.models import mixer_names
 from bench.run import main
 
 TINY = ["train.steps=6", "train.val_every=3", "train.batch_size=8", "data.test_per_family=4", "data.val_size=8",
+        "data.val_fixed_size=8",
         "model.d_model=16", "model.num_layers=1", "model.d_state=8", "progress=false", "workers=1",
         "search.n_trials=0", "search.steps=6", "search.space.d_model=[16,32]", "search.space.d_state=[4,16]",
         "search.space.num_layers=[1,2]", "report=false"]
@@ -43,10 +44,14 @@ def test_studies_exist_and_compose():
 @pytest.mark.slow
 @pytest.mark.parametrize("study", study_names())
 def test_every_study_runs_both_stages_at_a_tiny_budget(tmp_path, study):
-    cfg = compose_config([f"study={study}"])
+    # a larger-scale study with variants (e.g. mqar_long: 3 widths at length 256) runs two of its
+    # architectures here; its short version runs them all through the same code
+    extra = ["archs=[mamba,transformer]"] if study.endswith("_long") and compose_config(
+        [f"study={study}"]).variants else []
+    cfg = compose_config([f"study={study}", *extra])
     varied = {o.split("=", 1)[0] for extra in cfg.variants.values() for o in extra}  # a variant's own keys
     tiny = [o for o in TINY if o.split("=", 1)[0] not in varied]
-    root = run_cli(tmp_path, f"study={study}", *tiny, "seeds=[0]", "search.n_trials=1")
+    root = run_cli(tmp_path, f"study={study}", *tiny, *extra, "seeds=[0]", "search.n_trials=1")
     for out in [root / v for v in cfg.variants] or [root]:  # an ablation: one study per variant
         results = pd.read_parquet(out / "results.parquet")
         assert {"arch", "seed", "split", "length", "phase", "family", "metric", "value", "position", "study",

@@ -184,7 +184,9 @@ Verdict rules (`bench/report/mechanisms.py`): *reproduced* needs the finding sig
 width it is about; *not reproduced* means the opposite is significant (or the pair equivalent); else
 *inconclusive at this budget*. A solved task is one whose interval's lower end reaches
 {100 * SOLVED:g} %; two mixers both below {100 * FLOOR:g} % (chance is 0.8 %) are never read as
-equivalent. Each claim pools its own families.
+equivalent. Each claim pools its own families. Before reading a *not reproduced* or a mixer at
+chance as the architecture's limit, check the budget: `python benchmarks/learning_budget.py --arch
+<arch> --families <...>` trains it longer with the same pieces and prints its accuracy on the way.
 
 ## Accuracy against state size
 

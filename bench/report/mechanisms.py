@@ -8,10 +8,9 @@ seeds, data streams and test sequences). This report reads their stored tables o
 (each final run's `state_size`, its mixer's `bench.models` count of the floats carried from one
 step to the next at the study's length, and its learning rate), predictions.parquet (one row per
 scored answer), trials.parquet (wall time), config.yaml (budget, seeds, the lr grid) and meta.yaml
-(command, commit). Every
-score is accuracy on the scored positions
-of `iid_unseen` test sequences (never drawn in training; the ceiling there is 100 %), pooled over a
-family's answers, with the crossed replicate x seed x sequence interval of `bench.report.stats`.
+(command, commit). Every score is accuracy on the scored positions of `iid_unseen` test sequences
+(never drawn in training; the ceiling there is 100 %), pooled over a family's answers, with the
+crossed replicate x seed x sequence interval of `bench.report.stats`.
 
 The checks (`Claim`), each at the widths its finding is about (`where`):
 * `solves a`: a's accuracy is at least SOLVED (90 %): reproduced when the interval's lower end is,
@@ -64,8 +63,8 @@ class Widths:
 
 
 def load_widths(variant_dirs: Mapping[str, Path]) -> Widths:
-    """Every variant's runs.parquet, predictions.parquet and trials.parquet; ReportInputError naming
-    a missing table."""
+    """Every variant's stored tables (module docstring); ReportInputError naming a missing one.
+    Widths are ordered by d_model, whatever the variants are called."""
     runs, scores, ood, cost, configs, meta = [], [], [], 0.0, {}, {}
     for variant, folder in variant_dirs.items():
         folder = Path(folder)
