@@ -137,7 +137,8 @@ def checks_markdown(checks: list[Check]) -> str:
     lines = ["| claim | published | this run (iid_unseen, 95 % interval) | verdict |", "|---|---|---|---|"]
     for c in checks:
         kind = "hypothesis from " if c.claim.hypothesis else ""
-        lines.append(f"| {c.claim.text} ({c.claim.where} width) | {kind}{c.claim.source}: {c.claim.published} | "
+        where = {"all": "every width", "widest": "widest width", "narrowest": "narrowest width"}[c.claim.where]
+        lines.append(f"| {c.claim.text} ({where}) | {kind}{c.claim.source}: {c.claim.published} | "
                      f"{c.evidence} | **{c.verdict}** |")
     return "\n".join(lines)
 
