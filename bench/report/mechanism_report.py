@@ -5,7 +5,7 @@ when such a study ends; `python -m bench.report study=<name>` rebuilds it withou
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.report.figures import ARCH_ORDER, arch_color  # noqa: E402
-from bench.report.load import ReportInputError  # noqa: E402
+from bench.report.load import ReportInputError, with_others  # noqa: E402
 from bench.report.mechanisms import (  # noqa: E402
     FLOOR,
     POOLED,
@@ -37,8 +37,8 @@ FIGURE = "accuracy_vs_state.png"
 
 
 def _order(archs: pd.Series) -> list[str]:
-    known = [a for a in ARCH_ORDER if a in set(archs)]
-    return known + sorted(set(archs) - set(known))
+    """The architectures in the reports' fixed order (their colours' slots), then any other."""
+    return with_others([a for a in ARCH_ORDER if a in set(archs)], archs)
 
 
 def figure(acc: pd.DataFrame, runs: pd.DataFrame, families: list[str], path: Path) -> Path:
@@ -78,36 +78,34 @@ def _cell(r: pd.Series) -> str:
     return f"{100 * r['mean']:.1f} ± {100 * r['half']:.1f}"
 
 
-def accuracy_markdown(acc: pd.DataFrame, order: list[str], fam: str) -> str:
-    """Rows: architectures; columns: widths; cells: accuracy ± half-width (%) on one family."""
-    part = acc[acc["family"] == fam]
+def width_table(archs: pd.Series, order: list[str], cell: Callable[[str, str], str]) -> str:
+    """Rows: architectures; columns: widths; cell(arch, width) fills each."""
     lines = ["| arch | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
-    for arch in _order(part["arch"]):
-        cells = []
-        for v in order:
-            row = part[(part["arch"] == arch) & (part["variant"] == v)]
-            cells.append(_cell(row.iloc[0]) if len(row) else "–")
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    lines += [f"| {arch} | " + " | ".join(cell(arch, v) for v in order) + " |" for arch in _order(archs)]
     return "\n".join(lines)
+
+
+def accuracy_markdown(acc: pd.DataFrame, order: list[str], fam: str) -> str:
+    """Accuracy ± half-width (%) on one family, per architecture and width."""
+    part = acc[acc["family"] == fam].set_index(["arch", "variant"])
+    return width_table(part.index.get_level_values("arch"), order,
+                       lambda arch, v: _cell(part.loc[(arch, v)]) if (arch, v) in part.index else "–")
 
 
 def setup_markdown(w: Widths) -> str:
     """Per architecture and width: its state size and the learning rate its search chose, marked
     where it sits at an end of the searched grid (the optimum may lie beyond it)."""
-    runs, order = w.runs, w.order
-    lines = ["| arch | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
-    for arch in _order(runs["arch"]):
-        cells = []
-        for v in order:
-            row = runs[(runs["arch"] == arch) & (runs["variant"] == v)]
-            if row.empty:
-                cells.append("–")
-                continue
-            lr, grid = float(row.iloc[0]["lr"]), [float(x) for x in w.configs[v]["search"]["grid"]["lr"]]
-            edge = " (grid top)" if lr >= max(grid) else " (grid bottom)" if lr <= min(grid) else ""
-            cells.append(f"state {int(row.iloc[0]['state_size'])}, lr {lr:g}{edge}")
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    runs = w.runs.set_index(["arch", "variant"])
+
+    def cell(arch: str, v: str) -> str:
+        if (arch, v) not in runs.index:
+            return "–"
+        row = runs.loc[(arch, v)]
+        lr, grid = float(row["lr"]), [float(x) for x in w.configs[v]["search"]["grid"]["lr"]]
+        edge = " (grid top)" if lr >= max(grid) else " (grid bottom)" if lr <= min(grid) else ""
+        return f"state {int(row['state_size'])}, lr {lr:g}{edge}"
+
+    return width_table(w.runs["arch"], w.order, cell)
 
 
 def provenance_line(w: Widths) -> str:
