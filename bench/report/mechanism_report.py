@@ -13,10 +13,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report.figures import ARCH_ORDER, arch_color  # noqa: E402
+from bench.report.figures import ARCH_ORDER, arch_color, clipped  # noqa: E402
 from bench.report.load import ReportInputError, with_others  # noqa: E402
 from bench.report.mechanisms import (  # noqa: E402
     FLOOR,
@@ -52,10 +51,7 @@ def figure(acc: pd.DataFrame, runs: pd.DataFrame, families: list[str], path: Pat
         part = data[data["family"] == fam]
         for arch in _order(part["arch"]):
             g = part[part["arch"] == arch].sort_values("state_size")
-            half = g["half"].fillna(0).to_numpy()
-            mean = g["mean"].to_numpy()
-            low, high = np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1)
-            ax.errorbar(g["state_size"], 100 * mean, yerr=[100 * (mean - low), 100 * (high - mean)], marker="o",
+            ax.errorbar(g["state_size"], 100 * g["mean"], yerr=100 * clipped(g["mean"], g["half"]), marker="o",
                         ms=3, capsize=2, lw=1.2, color=arch_color(arch), label=arch)
         ax.set_xscale("log", base=2)
         ax.set_title(fam if fam != POOLED else "pooled", fontsize=9)
